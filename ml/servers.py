@@ -1,0 +1,120 @@
+"""Start and stop the local servers the loop needs (MLflow, BentoML).
+
+Shared by ``primer up`` and the test-suite, so both run the same commands.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+class ServerError(RuntimeError):
+    """A server did not start or answer in time."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def _bin(name: str) -> str:
+    """A console script of this environment (the venv's bin folder first)."""
+    here = Path(sys.executable).parent / name
+    return str(here) if here.exists() else (shutil.which(name) or name)
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    """Poll ``url`` until it answers 200, the process dies, or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-3000:] if log and log.exists() else ""
+            raise ServerError(f"process for {url} exited with {proc.returncode}\n{tail}")
+        try:
+            r = httpx.get(url, timeout=2)
+            if r.status_code == 200:
+                return
+            last = f"HTTP {r.status_code}"
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        time.sleep(0.2)
+    tail = log.read_text()[-3000:] if log and log.exists() else ""
+    raise ServerError(f"{url} not ready after {timeout:.0f}s ({last})\n{tail}")
+
+
+def mlflow_server_command(backend_uri: str, artifacts_dir: Path, port: int, host: str = "127.0.0.1") -> list[str]:
+    return [
+        _bin("mlflow"), "server",
+        "--backend-store-uri", backend_uri,
+        "--artifacts-destination", str(artifacts_dir),
+        "--host", host, "--port", str(port),
+        "--workers", "1",
+    ]
+
+
+def start_mlflow_server(
+    backend_uri: str, artifacts_dir: Path, port: int, log_file: Path, timeout: float = 90
+) -> subprocess.Popen:
+    """Start ``mlflow server`` and wait until its health endpoint answers."""
+    artifacts_dir.mkdir(parents=True, exist_ok=True)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as log:
+        proc = subprocess.Popen(
+            mlflow_server_command(backend_uri, artifacts_dir, port),
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", timeout, proc, log_file)
+    except ServerError:
+        stop_process(proc)
+        raise
+    return proc
+
+
+def stop_process(proc: subprocess.Popen | int, timeout: float = 15) -> None:
+    """Stop a process and its whole group (servers fork workers)."""
+    pid = proc if isinstance(proc, int) else proc.pid
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if isinstance(proc, subprocess.Popen):
+            if proc.poll() is not None:
+                break
+        else:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+        time.sleep(0.1)
+    else:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if isinstance(proc, subprocess.Popen):
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass

@@ -1,0 +1,58 @@
+"""The evaluation result the pipeline hands to the promotion step.
+
+Defined here (not in ``ml``) because ``promotion`` consumes it and must not
+import ``ml``. Plain frozen dataclasses: easy to build, compare and render.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import date
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Classification metrics on one evaluation window (higher is better except losses)."""
+
+    accuracy: float
+    balanced_accuracy: float
+    roc_auc: float | None  # None when the window holds a single class
+    log_loss: float
+    brier: float
+
+    def get(self, metric: str) -> float | None:
+        return asdict(self)[metric]
+
+
+# Metrics where lower is better; everything else is higher-is-better.
+LOWER_IS_BETTER = frozenset({"log_loss", "brier"})
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Challenger vs champion vs naive baselines on one forward window."""
+
+    model_name: str
+    challenger_version: int
+    challenger_run_id: str
+    challenger_candidate: str  # e.g. "rf_depth5"
+    parent_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    eval_start: date
+    eval_end: date
+    eval_days: int
+    challenger: Scores
+    data_source: str
+    baselines: dict[str, Scores] = field(default_factory=dict)
+    champion_version: int | None = None
+    champion: Scores | None = None
+
+    def best_baseline(self, metric: str) -> tuple[str, float] | None:
+        """The naive baseline that scores best on ``metric``."""
+        scored = [(name, s.get(metric)) for name, s in self.baselines.items()]
+        scored = [(n, v) for n, v in scored if v is not None]
+        if not scored:
+            return None
+        pick = min if metric in LOWER_IS_BETTER else max
+        return pick(scored, key=lambda nv: nv[1])

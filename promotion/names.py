@@ -1,0 +1,55 @@
+"""Names every layer shares: MLflow names, tags, files, ports, env vars.
+
+They live here because ``promotion`` is the bottom of the dependency graph
+(``bentos`` -> ``ml`` -> ``promotion``), so every layer can import them.
+Tests check that manifests, scripts and docs agree with these values.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+# MLflow
+MODEL_NAME = "spy-direction"
+EXPERIMENT_NAME = "spy-direction"
+CHAMPION_ALIAS = "champion"
+CHALLENGER_ALIAS = "challenger"
+
+# Files, relative to the repository root
+PIN_PATH = "promotion/model-version.yaml"
+POLICY_PATH = "promotion/policy.yaml"
+
+# Ports
+SERVING_PORT = 3000
+MLFLOW_PORT = 5000
+SERVING_NODE_PORT = 30951
+WORKER_IP = "192.168.56.21"
+
+
+class Tag(StrEnum):
+    """Tags on registered model versions (the promotion story)."""
+
+    PROMOTION_STATUS = "promotion_status"
+    PROMOTION_PR = "promotion_pr"
+    EVAL_START = "eval_start"
+    EVAL_END = "eval_end"
+    DATA_SOURCE = "data_source"
+    GIT_SHA = "git_sha"
+
+
+class PromotionStatus(StrEnum):
+    CANDIDATE = "candidate"
+    PROPOSED = "proposed"
+    PROMOTED = "promoted"
+    SUPERSEDED = "superseded"
+    ROLLED_BACK = "rolled_back"
+    # A proposal whose push or PR failed: the next run retries it.
+    PROPOSAL_FAILED = "proposal_failed"
+
+
+def promotion_branch(version: int, model: str = MODEL_NAME) -> str:
+    return f"promote/{model}-v{version}"
+
+
+def promotion_title(version: int, model: str = MODEL_NAME) -> str:
+    return f"Promote {model} to v{version}"
