@@ -31,6 +31,10 @@ def main(verbose: bool) -> None:
 
 def _register() -> None:
     """Attach subcommands (imported here so `primer --help` lists them all)."""
+    from ml.local import down_command, up_command
+
+    main.add_command(up_command)
+    main.add_command(down_command)
 
 
 _register()

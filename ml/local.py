@@ -1,0 +1,281 @@
+"""``primer up`` / ``primer down``: the whole loop on one machine, no VMs.
+
+``up`` starts an MLflow server (SQLite + local artifacts under ``.primer/``),
+trains once if nothing is registered yet, applies the promotion policy to the
+local git repository, mirrors the pin into MLflow's ``champion`` alias and
+starts the BentoML service on the pinned version. The servers keep running in
+the background; their PIDs are recorded so ``down`` can stop them and a second
+``up`` resumes without duplicating anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import click
+import httpx
+
+from ml.servers import ServerError, _bin, mlflow_server_command, port_in_use, stop_process, wait_http
+from promotion.names import MLFLOW_PORT, MODEL_NAME, SERVING_PORT
+from promotion.pin import PinError, default_pin_path, read_pin, repo_root
+
+STATE_DIR_NAME = ".primer"
+MLFLOW_START_TIMEOUT = 90.0
+SERVING_READY_TIMEOUT = 120.0
+
+
+@dataclass
+class Process:
+    pid: int
+    port: int
+    log: str
+
+
+@dataclass
+class State:
+    """What ``up`` started, kept in ``.primer/state.json``."""
+
+    processes: dict[str, Process] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> State:
+        if not path.exists():
+            return cls()
+        raw = json.loads(path.read_text())
+        return cls(processes={k: Process(**v) for k, v in raw.get("processes", {}).items()})
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"processes": {k: asdict(v) for k, v in self.processes.items()}}, indent=2))
+        tmp.replace(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (our own child not yet reaped) is not alive.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def state_dir(repo: Path) -> Path:
+    return Path(os.environ.get("PRIMER_STATE_DIR", repo / STATE_DIR_NAME))
+
+
+def _step(n: int, total: int, text: str) -> None:
+    click.secho(f"[{n}/{total}] {text}", bold=True)
+
+
+def _spawn(cmd: list[str], log: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as fh:
+        # Own session: the server outlives this command and is stopped as a group.
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                start_new_session=True)
+
+
+def _check_port(port: int, what: str, option: str) -> None:
+    if port_in_use(port):
+        raise click.ClickException(
+            f"port {port} ({what}) is already in use by another program; "
+            f"stop it or choose another port with {option} (e.g. {option} {port + 1})"
+        )
+
+
+def _registered_versions(tracking_uri: str) -> int:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return len(MlflowClient(tracking_uri=tracking_uri).search_model_versions(f"name='{MODEL_NAME}'"))
+    except MlflowException:
+        return 0
+
+
+def _run_cli(args: list[str], env: dict[str, str], cwd: Path) -> None:
+    """Run a ``primer`` subcommand, its output streamed to the terminal."""
+    proc = subprocess.run([_bin("primer"), *args], env=env, cwd=cwd)
+    if proc.returncode != 0:
+        raise click.ClickException(f"`primer {' '.join(args)}` failed with exit code {proc.returncode}")
+
+
+@contextmanager
+def _stop_on_interrupt(started: list[subprocess.Popen]) -> Iterator[None]:
+    """Ctrl-C (or a failed step) stops what this invocation started; the state folder is kept."""
+    try:
+        yield
+    except BaseException:
+        for proc in started:
+            stop_process(proc)
+        raise
+
+
+def up(*, offline: bool, source: str | None, mlflow_port: int, port: int, retrain: bool) -> None:
+    repo = repo_root()
+    sdir = state_dir(repo)
+    state_file = sdir / "state.json"
+    state = State.load(state_file)
+    tracking_uri = f"http://127.0.0.1:{mlflow_port}"
+    env = dict(os.environ)
+    env.update({
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "PRIMER_REPO_DIR": str(repo),
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.setdefault("PRIMER_FORGE", "none")
+    if offline:
+        env["PRIMER_DATA_SOURCE"] = source or "synthetic"
+    elif source:
+        env["PRIMER_DATA_SOURCE"] = source
+    started: list[subprocess.Popen] = []
+    total = 5
+    t0 = time.monotonic()
+
+    with _stop_on_interrupt(started):
+        # 1. MLflow
+        _step(1, total, f"MLflow server on {tracking_uri} (state in {sdir})")
+        running = state.processes.get("mlflow")
+        if running and _alive(running.pid) and running.port == mlflow_port:
+            click.echo(f"      already running (pid {running.pid})")
+        else:
+            _check_port(mlflow_port, "MLflow", "--mlflow-port")
+            log = sdir / "logs" / "mlflow.log"
+            cmd = mlflow_server_command(f"sqlite:///{sdir / 'mlflow.db'}", sdir / "mlartifacts", mlflow_port)
+            (sdir / "mlartifacts").mkdir(parents=True, exist_ok=True)
+            proc = _spawn(cmd, log, env, repo)
+            started.append(proc)
+            wait_http(f"{tracking_uri}/health", MLFLOW_START_TIMEOUT, proc, log)
+            state.processes["mlflow"] = Process(pid=proc.pid, port=mlflow_port, log=str(log))
+            state.save(state_file)
+            click.echo(f"      started (pid {proc.pid}, log {log})")
+
+        # 2. Train once (skipped when a model is already registered: resume, don't duplicate)
+        have = _registered_versions(tracking_uri)
+        if have and not retrain:
+            _step(2, total, f"training skipped: {have} version(s) of {MODEL_NAME} already registered (--retrain to train again)")
+        else:
+            _step(2, total, f"training ({env.get('PRIMER_DATA_SOURCE', 'yfinance')} data)")
+            _run_cli(["train"], env, repo)
+
+        # 3. The pin (git) and 4. the champion alias (MLflow mirrors git)
+        try:
+            pin = read_pin(default_pin_path())
+        except PinError as exc:
+            raise click.ClickException(str(exc)) from exc
+        if pin.version is None:
+            raise click.ClickException(
+                "nothing is pinned yet: the promotion policy opened a branch instead of pinning; "
+                "merge it (git merge promote/...) and run `primer up` again"
+            )
+        _step(3, total, f"pinned in git: {pin.model} v{pin.version}")
+        _step(4, total, "mirroring the pin into MLflow (alias champion)")
+        _run_cli(["registry", "sync"], env, repo)
+
+        # 5. Serving
+        _step(5, total, f"BentoML service on http://127.0.0.1:{port}")
+        running = state.processes.get("serving")
+        if running and _alive(running.pid) and running.port == port:
+            click.echo(f"      already running (pid {running.pid})")
+        else:
+            _check_port(port, "the API", "--port")
+            log = sdir / "logs" / "serving.log"
+            proc = _spawn([_bin("primer"), "serve", "--port", str(port)], log, env, repo)
+            started.append(proc)
+            state.processes["serving"] = Process(pid=proc.pid, port=port, log=str(log))
+            state.save(state_file)
+            try:
+                wait_http(f"http://127.0.0.1:{port}/readyz", SERVING_READY_TIMEOUT, proc, log)
+            except ServerError as exc:
+                raise click.ClickException(f"the service did not become ready: {exc}") from exc
+            click.echo(f"      ready (pid {proc.pid}, log {log})")
+
+    elapsed = time.monotonic() - t0
+    _summary(repo, tracking_uri, port, mlflow_port, elapsed)
+
+
+def _summary(repo: Path, tracking_uri: str, port: int, mlflow_port: int, elapsed: float) -> None:
+    api = f"http://127.0.0.1:{port}"
+    try:
+        answer = httpx.get(f"{api}/predictionForTomorrow", params={"threshold": 0.5}, timeout=10).text
+    except httpx.HTTPError as exc:
+        answer = f"(no answer yet: {exc})"
+    ports = "" if mlflow_port == MLFLOW_PORT else f"MLFLOW_TRACKING_URI={tracking_uri} "
+    click.echo("")
+    click.secho(f"The loop is up ({elapsed:.0f}s).", fg="green", bold=True)
+    click.echo(f"""
+  MLflow UI      {tracking_uri}   (experiment and model: {MODEL_NAME})
+  API            curl "{api}/predictionForTomorrow?threshold=0.3"
+                 -> {answer.strip()}
+  What serves    {api}/model
+  The pin        {default_pin_path()}  (git decides what serves)
+
+Next:
+  {ports}primer train --source synthetic:7    train again; a winner becomes a promote/... branch
+  git merge promote/{MODEL_NAME}-vN            promote (the service swaps without restart)
+  {ports}primer rollback                       roll back to the previous pin
+  {ports}primer status{'' if port == SERVING_PORT else f' --service-url {api}'}                         pin, aliases, served version, drift
+  primer down                                  stop the servers (state in .primer/ is kept)
+""")
+
+
+def down() -> None:
+    repo = repo_root()
+    state_file = state_dir(repo) / "state.json"
+    state = State.load(state_file)
+    if not state.processes:
+        click.echo("nothing to stop: no servers recorded in " + str(state_file))
+        return
+    for name in ("serving", "mlflow"):
+        proc = state.processes.pop(name, None)
+        if proc is None:
+            continue
+        if _alive(proc.pid):
+            stop_process(proc.pid)
+            click.echo(f"stopped {name} (pid {proc.pid}, port {proc.port})")
+        else:
+            click.echo(f"{name} was not running (pid {proc.pid})")
+    state.save(state_file)
+    click.echo(f"state kept in {state_file.parent}; `primer up` resumes from it")
+
+
+@click.command("up")
+@click.option("--offline", is_flag=True, help="Use generated (synthetic) prices instead of yfinance.")
+@click.option("--source", help="Data source: yfinance, csv:PATH or synthetic[:SEED] (default: PRIMER_DATA_SOURCE).")
+@click.option("--mlflow-port", type=int, default=MLFLOW_PORT, show_default=True, help="Port of the local MLflow server.")
+@click.option("--port", type=int, default=SERVING_PORT, show_default=True, help="Port of the BentoML service.")
+@click.option("--retrain", is_flag=True, help="Train again even when a model is already registered.")
+def up_command(offline: bool, source: str | None, mlflow_port: int, port: int, retrain: bool) -> None:
+    """Run the whole loop on this machine: MLflow, one training run, the pin, the API.
+
+    Servers keep running in the background (logs and state in .primer/);
+    `primer down` stops them and `primer up` again resumes.
+    """
+    try:
+        up(offline=offline, source=source, mlflow_port=mlflow_port, port=port, retrain=retrain)
+    except ServerError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: stopped what this run started; state kept in .primer/", err=True)
+        sys.exit(130)
+
+
+@click.command("down")
+def down_command() -> None:
+    """Stop the servers `primer up` started (state in .primer/ is kept)."""
+    down()
