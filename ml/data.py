@@ -1,0 +1,314 @@
+"""Data sources behind one interface: ``load_prices(spec)`` returns a prices frame.
+
+A prices frame has columns ``date`` (datetime64, no time zone), ``open``,
+``high``, ``low``, ``close``, ``volume``, one row per trading day, sorted by
+date. Sources are selected by a spec string (``PRIMER_DATA_SOURCE`` or
+``primer train --source``):
+
+- ``yfinance``: daily SPY bars from Yahoo Finance (the only source that needs
+  the internet; timeouts, retries with backoff, clear errors).
+- ``csv:PATH``: a CSV file with columns date, open, high, low, close, volume
+  in any letter case (extra columns are ignored).
+- ``synthetic`` / ``synthetic:SEED``: a seeded generator of realistic daily
+  bars for tests and offline runs (seed from ``PRIMER_SYNTHETIC_SEED``, default 42).
+
+Loaders do not judge the data: a CSV with a missing column or a NaN close is
+returned as it is, and ``ml.validate`` names what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tenacity import RetryError, retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+log = logging.getLogger(__name__)
+
+PRICE_COLUMNS: tuple[str, ...] = ("date", "open", "high", "low", "close", "volume")
+TICKER = "SPY"
+DEFAULT_SEED = 42
+# The synthetic market starts here whatever window is requested, so a given
+# seed always yields the same bar for the same date (prefix-stable).
+SYNTHETIC_FIRST_DAY = date(1993, 1, 29)  # SPY's first trading day
+YAHOO_TIMEOUT_SECONDS = 20
+YAHOO_ATTEMPTS = 4
+
+
+class DataSourceError(RuntimeError):
+    """A source could not deliver data (bad spec, missing file, Yahoo failure)."""
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    kind: str  # "yfinance" | "csv" | "synthetic"
+    arg: str | None = None  # CSV path or synthetic seed
+
+    def __str__(self) -> str:
+        return self.kind if self.arg is None else f"{self.kind}:{self.arg}"
+
+
+def parse_spec(spec: str) -> SourceSpec:
+    """Parse ``yfinance`` | ``csv:PATH`` | ``synthetic[:SEED]``; raise DataSourceError otherwise."""
+    spec = (spec or "").strip()
+    kind, sep, arg = spec.partition(":")
+    kind = kind.lower()
+    if kind == "yfinance" and not sep:
+        return SourceSpec("yfinance")
+    if kind == "csv":
+        if not arg:
+            raise DataSourceError("data source 'csv:' needs a path, e.g. csv:data/spy.csv")
+        return SourceSpec("csv", arg)
+    if kind == "synthetic":
+        if sep:
+            try:
+                int(arg)
+            except ValueError:
+                raise DataSourceError(f"data source {spec!r}: seed must be an integer, e.g. synthetic:7") from None
+            return SourceSpec("synthetic", arg)
+        return SourceSpec("synthetic")
+    raise DataSourceError(
+        f"unknown data source {spec!r}; expected 'yfinance', 'csv:PATH' or 'synthetic' (or 'synthetic:SEED')"
+    )
+
+
+def default_source() -> str:
+    return os.environ.get("PRIMER_DATA_SOURCE", "yfinance")
+
+
+def load_prices(spec: str, *, end: date | None = None, start: date | None = None) -> pd.DataFrame:
+    """Daily bars from the source ``spec``, limited to ``start <= date <= end`` when given."""
+    parsed = parse_spec(spec)
+    if parsed.kind == "synthetic":
+        seed = int(parsed.arg) if parsed.arg is not None else int(os.environ.get("PRIMER_SYNTHETIC_SEED", DEFAULT_SEED))
+        frame = synthetic_prices(seed=seed, end=end or date.today())
+    elif parsed.kind == "csv":
+        frame = csv_prices(Path(parsed.arg or ""))
+    else:
+        frame = yfinance_prices(start=start, end=end)
+    return _window(frame, start, end)
+
+
+def _window(frame: pd.DataFrame, start: date | None, end: date | None) -> pd.DataFrame:
+    if "date" not in frame.columns or (start is None and end is None):
+        return frame.reset_index(drop=True)
+    dates = frame["date"]
+    keep = pd.Series(True, index=frame.index)
+    # Unparseable dates (NaT) are kept so validation can name them.
+    if start is not None:
+        keep &= ~(dates < pd.Timestamp(start))
+    if end is not None:
+        keep &= ~(dates > pd.Timestamp(end))
+    return frame.loc[keep].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- CSV
+
+
+def normalize_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Lower-case, trimmed column names; ``date`` parsed (unparseable -> NaT), time zone dropped."""
+    frame = frame.rename(columns=lambda c: str(c).strip().lower().replace(" ", "_"))
+    if "date" in frame.columns:
+        dates = pd.to_datetime(frame["date"], errors="coerce", utc=True, format="mixed")
+        frame["date"] = dates.dt.tz_localize(None).dt.normalize().astype("datetime64[ns]")
+    return frame
+
+
+def csv_prices(path: Path) -> pd.DataFrame:
+    """Read a CSV of daily bars (any column case). An empty file gives an empty frame."""
+    if not path.is_file():
+        raise DataSourceError(f"CSV data file not found: {path}")
+    try:
+        frame = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataSourceError(f"cannot parse CSV {path}: {exc}") from exc
+    frame = normalize_columns(frame)
+    keep = [c for c in PRICE_COLUMNS if c in frame.columns]
+    return frame.loc[:, keep] if keep else frame
+
+
+# ---------------------------------------------------------------- Yahoo Finance
+
+
+class _Retryable(Exception):
+    """Yahoo answered with nothing or refused; worth another try."""
+
+
+def _yahoo_history(ticker: str, start: date | None, end: date | None, timeout: float) -> pd.DataFrame:
+    """One request to Yahoo (imported lazily: yfinance is slow to import)."""
+    import yfinance as yf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # raise_errors is deprecated but still the per-call switch
+        return yf.Ticker(ticker).history(
+            start=(start or date(1993, 1, 1)).isoformat(),
+            # Yahoo's end is exclusive.
+            end=((end or date.today()) + timedelta(days=1)).isoformat(),
+            interval="1d",
+            auto_adjust=False,
+            actions=False,
+            timeout=timeout,
+            raise_errors=True,
+        )
+
+
+def _is_rate_limit(exc: BaseException) -> bool:
+    name = type(exc).__name__
+    return "RateLimit" in name or "Too Many Requests" in str(exc) or "429" in str(exc)
+
+
+Fetcher = Callable[[str, "date | None", "date | None", float], pd.DataFrame]
+
+
+def yfinance_prices(
+    *,
+    start: date | None = None,
+    end: date | None = None,
+    ticker: str = TICKER,
+    fetch: Fetcher | None = None,
+    attempts: int = YAHOO_ATTEMPTS,
+    backoff_seconds: float = 2.0,
+    timeout: float = YAHOO_TIMEOUT_SECONDS,
+) -> pd.DataFrame:
+    """Daily bars from Yahoo with retries (exponential backoff) and clear errors.
+
+    ``fetch`` stands in for the network call in tests; it has the signature
+    ``fetch(ticker, start, end, timeout) -> DataFrame`` shaped like yfinance's.
+    """
+    fetch = fetch or _yahoo_history
+    last_problem: list[str] = []
+
+    @retry(
+        retry=retry_if_exception_type(_Retryable),
+        stop=stop_after_attempt(max(1, attempts)),
+        wait=wait_exponential(multiplier=backoff_seconds, max=30),
+        reraise=False,
+    )
+    def attempt() -> pd.DataFrame:
+        try:
+            raw = fetch(ticker, start, end, timeout)
+        except Exception as exc:  # network, HTTP, parsing: all retried, then reported
+            kind = "rate-limited by Yahoo" if _is_rate_limit(exc) else f"{type(exc).__name__}: {exc}"
+            last_problem[:] = [kind]
+            log.warning("Yahoo request for %s failed (%s); retrying", ticker, kind)
+            raise _Retryable(kind) from exc
+        if raw is None or len(raw) == 0:
+            last_problem[:] = ["no rows returned"]
+            log.warning("Yahoo returned no rows for %s; retrying", ticker)
+            raise _Retryable("empty")
+        return raw
+
+    try:
+        raw = attempt()
+    except RetryError:
+        window = f"{start or 'first'}..{end or 'today'}"
+        problem = last_problem[0] if last_problem else "unknown error"
+        raise DataSourceError(
+            f"Yahoo Finance gave no data for {ticker} ({window}) after {attempts} attempts: {problem}. "
+            "Try again later, or run offline with --source synthetic or --source csv:PATH"
+        ) from None
+    return _from_yahoo(raw)
+
+
+def _from_yahoo(raw: pd.DataFrame) -> pd.DataFrame:
+    frame = raw.copy()
+    if isinstance(frame.columns, pd.MultiIndex):  # yf.download's (field, ticker) columns
+        frame.columns = frame.columns.get_level_values(0)
+    frame = frame.reset_index()
+    frame = normalize_columns(frame)
+    if "date" not in frame.columns and "datetime" in frame.columns:
+        frame = frame.rename(columns={"datetime": "date"})
+    missing = [c for c in PRICE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataSourceError(f"Yahoo answer lacks column(s) {', '.join(missing)}; got {list(frame.columns)}")
+    return frame.loc[:, list(PRICE_COLUMNS)].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- synthetic
+
+
+def _nth_weekday(year: int, month: int, weekday: int, n: int) -> date:
+    first = date(year, month, 1)
+    return first + timedelta(days=(weekday - first.weekday()) % 7 + 7 * (n - 1))
+
+
+def market_holidays(year: int) -> set[date]:
+    """A few fixed US market holidays (enough to make the calendar realistic, not NYSE-exact)."""
+    days = {date(year, 1, 1), date(year, 7, 4), date(year, 12, 25)}
+    days.add(_nth_weekday(year, 1, 0, 3))   # Martin Luther King Jr. Day
+    days.add(_nth_weekday(year, 11, 3, 4))  # Thanksgiving
+    # Labor Day: first Monday of September.
+    days.add(_nth_weekday(year, 9, 0, 1))
+    return days
+
+
+def trading_days(first: date, last: date) -> pd.DatetimeIndex:
+    """Weekdays from ``first`` to ``last`` without :func:`market_holidays`."""
+    days = pd.bdate_range(first, last)
+    if len(days) == 0:
+        return days
+    holidays = set().union(*(market_holidays(y) for y in range(first.year, last.year + 1)))
+    return days[~days.to_series().dt.date.isin(holidays).to_numpy()]
+
+
+def synthetic_prices(*, seed: int = DEFAULT_SEED, end: date | None = None) -> pd.DataFrame:
+    """Seeded daily bars from ``SYNTHETIC_FIRST_DAY`` to ``end`` (default today).
+
+    Returns follow a GARCH(1,1)-like process (volatility clusters) with
+    positive drift and fat-ish tails; a small negative autocorrelation gives
+    the models something faint to learn, as in real index data. Highs and
+    lows bracket open and close; volume rises with volatility. The same seed
+    gives the same bar for the same date whatever ``end`` is.
+    """
+    end = end or date.today()
+    days = trading_days(SYNTHETIC_FIRST_DAY, end)
+    n = len(days)
+    rng = np.random.default_rng(seed)
+    # Draw every stream for a fixed horizon (~65 years) so the values for a given
+    # day do not depend on how many days were requested (prefix-stable).
+    total = max(n, 16384)
+    shocks = rng.standard_t(df=6, size=total) / np.sqrt(6 / 4)  # unit variance
+    gap_noise = rng.standard_normal(total)
+    wick_hi = np.abs(rng.standard_normal(total))
+    wick_lo = np.abs(rng.standard_normal(total))
+    vol_noise = rng.standard_normal(total)
+
+    mu, long_var = 0.0003, 0.011**2
+    alpha, beta, phi = 0.08, 0.90, -0.05
+    omega = long_var * (1 - alpha - beta)
+    ret = np.empty(n)
+    sigma = np.empty(n)
+    var, prev = long_var, 0.0
+    for i in range(n):
+        var = omega + alpha * prev**2 + beta * var
+        s = min(np.sqrt(var), 0.05)
+        r = mu + phi * prev + s * shocks[i]
+        r = float(np.clip(r, -0.12, 0.12))
+        ret[i], sigma[i], prev = r, s, r - mu
+    close = 45.0 * np.exp(np.cumsum(np.log1p(ret)))
+    prev_close = np.concatenate([[45.0], close[:-1]])
+    open_ = prev_close * np.exp(0.25 * sigma * gap_noise[:n])
+    top = np.maximum(open_, close)
+    bottom = np.minimum(open_, close)
+    high = top * (1 + 0.4 * sigma * wick_hi[:n])
+    low = bottom * (1 - 0.4 * sigma * wick_lo[:n])
+    volume = np.round(8e7 * (sigma / 0.011) * np.exp(0.25 * vol_noise[:n]))
+    return pd.DataFrame(
+        {
+            "date": days.astype("datetime64[ns]"),
+            "open": open_.round(4),
+            "high": np.maximum(high, top).round(4),
+            "low": np.minimum(low, bottom).round(4),
+            "close": close.round(4),
+            "volume": volume.astype("int64"),
+        }
+    )

@@ -1,0 +1,91 @@
+"""The replay clock: compressed time, so a lab sees many runs and promotions in an hour.
+
+In replay mode (``PRIMER_MODE=replay``) the anchor date is
+``PRIMER_REPLAY_START`` moved forward by ``floor((now - PRIMER_REPLAY_EPOCH) /
+PRIMER_REPLAY_INTERVAL_SECONDS)`` trading days. Trading days are the dates
+present in the data, so holidays are skipped exactly for any source; a step
+beyond the last available bar stays on the last bar. In live mode
+(the default) the anchor is today.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+import pandas as pd
+
+DEFAULT_INTERVAL_SECONDS = 300.0  # 5 minutes = one trading day
+
+
+class ReplayConfigError(ValueError):
+    """A replay setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class ReplayClock:
+    start: date
+    epoch: datetime
+    interval_seconds: float = DEFAULT_INTERVAL_SECONDS
+
+    def steps(self, now: datetime | None = None) -> int:
+        """Whole intervals elapsed since the epoch (0 before it)."""
+        now = now or datetime.now(UTC)
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=UTC)
+        elapsed = (now - self.epoch).total_seconds()
+        return max(0, math.floor(elapsed / self.interval_seconds))
+
+    def load_until(self, now: datetime | None = None) -> date:
+        """A calendar date safely past the anchor (5 trading days per 7 calendar days, plus holidays)."""
+        k = self.steps(now)
+        return self.start + timedelta(days=math.ceil(k * 7 / 5) + 14)
+
+    def anchor(self, dates: pd.Series | pd.DatetimeIndex, now: datetime | None = None) -> date:
+        """The trading date ``steps(now)`` trading days after the first date >= start in ``dates``."""
+        idx = pd.DatetimeIndex(pd.to_datetime(pd.Series(dates)).dropna().sort_values().unique())
+        after = idx[idx >= pd.Timestamp(self.start)]
+        if len(after) == 0:
+            raise ReplayConfigError(f"PRIMER_REPLAY_START {self.start} is after the last bar of the data")
+        return after[min(self.steps(now), len(after) - 1)].date()
+
+
+def _parse_epoch(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ReplayConfigError(f"PRIMER_REPLAY_EPOCH {text!r} is not an ISO timestamp (e.g. 2026-01-01T00:00:00Z)") from exc
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def clock_from_env(env: dict[str, str] | None = None) -> ReplayClock:
+    """Read PRIMER_REPLAY_START, PRIMER_REPLAY_EPOCH and PRIMER_REPLAY_INTERVAL_SECONDS."""
+    env = dict(os.environ if env is None else env)
+    start_text = env.get("PRIMER_REPLAY_START")
+    epoch_text = env.get("PRIMER_REPLAY_EPOCH")
+    if not start_text:
+        raise ReplayConfigError("replay mode needs PRIMER_REPLAY_START (a date, e.g. 2018-01-02)")
+    if not epoch_text:
+        raise ReplayConfigError("replay mode needs PRIMER_REPLAY_EPOCH (an ISO timestamp, e.g. 2026-01-01T00:00:00Z)")
+    try:
+        start = date.fromisoformat(start_text.strip())
+    except ValueError as exc:
+        raise ReplayConfigError(f"PRIMER_REPLAY_START {start_text!r} is not a date (YYYY-MM-DD)") from exc
+    interval_text = env.get("PRIMER_REPLAY_INTERVAL_SECONDS", str(DEFAULT_INTERVAL_SECONDS))
+    try:
+        interval = float(interval_text)
+    except ValueError as exc:
+        raise ReplayConfigError(f"PRIMER_REPLAY_INTERVAL_SECONDS {interval_text!r} is not a number") from exc
+    if interval <= 0:
+        raise ReplayConfigError(f"PRIMER_REPLAY_INTERVAL_SECONDS must be > 0, got {interval_text}")
+    return ReplayClock(start=start, epoch=_parse_epoch(epoch_text), interval_seconds=interval)
+
+
+def mode_from_env(env: dict[str, str] | None = None) -> str:
+    env = os.environ if env is None else env
+    mode = env.get("PRIMER_MODE", "live").strip().lower() or "live"
+    if mode not in ("live", "replay"):
+        raise ReplayConfigError(f"PRIMER_MODE must be 'live' or 'replay', got {mode!r}")
+    return mode

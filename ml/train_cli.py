@@ -1,0 +1,74 @@
+"""``primer train``: run the training pipeline once with readable progress.
+
+Kept apart from ``ml.pipeline`` so ``primer --help`` does not import MLflow.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import date
+from pathlib import Path
+
+import click
+
+
+def _echo(line: str) -> None:
+    click.echo(line, err=line.startswith("WARNING"))
+
+
+@click.command("train")
+@click.option("--source", help="Data source: yfinance | csv:PATH | synthetic[:SEED]. [env PRIMER_DATA_SOURCE; default yfinance]")
+@click.option(
+    "--anchor",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    help="Last visible trading date (YYYY-MM-DD). Default: today (live) or the replay clock (PRIMER_MODE=replay).",
+)
+@click.option("--eval-days", type=int, help="Evaluation window in trading days, >= 60. [env PRIMER_EVAL_DAYS; default 60]")
+@click.option("--train-years", type=float, help="Training window cap in years. [env PRIMER_TRAIN_YEARS; default 10]")
+@click.option(
+    "--candidates",
+    "candidates_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Candidate grid YAML. [env PRIMER_CANDIDATES_FILE; default: the packaged ml/candidates.yaml]",
+)
+@click.option("--no-promote", is_flag=True, help="Stop after registering; do not hand the result to the promotion step.")
+def train_command(
+    source: str | None,
+    anchor,
+    eval_days: int | None,
+    train_years: float | None,
+    candidates_file: Path | None,
+    no_promote: bool,
+) -> None:
+    """Ingest, validate, build features, train candidates, evaluate, register the best, propose it.
+
+    Needs an MLflow tracking server (MLFLOW_TRACKING_URI, default http://127.0.0.1:5000).
+    Exit status is non-zero when data validation fails (nothing is registered) or any step fails.
+    """
+    from ml.pipeline import PipelineError, config_from_env, run_pipeline
+    from ml.replay import ReplayConfigError
+    from ml.validate import ValidationError
+
+    try:
+        config = config_from_env(
+            source=source,
+            anchor=anchor.date() if anchor else None,
+            eval_days=eval_days,
+            train_years=train_years,
+            candidates_file=candidates_file,
+            promote=not no_promote,
+        )
+        result = run_pipeline(config, echo=_echo)
+    except ValidationError as exc:
+        for v in exc.violations:
+            click.echo(f"[validate] FAILED {v}", err=True)
+        raise click.ClickException(f"data validation failed ({', '.join(dict.fromkeys(exc.rules))}); nothing was registered") from exc
+    except (PipelineError, ReplayConfigError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    ev = result.evaluation
+    timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
+    click.echo(
+        f"[done] {ev.model_name} v{result.version}: {ev.challenger_candidate} on {ev.eval_start}..{ev.eval_end} "
+        f"({ev.eval_days} days); {timing}"
+    )
+    sys.stdout.flush()
