@@ -31,6 +31,9 @@ def main(verbose: bool) -> None:
 
 def _register() -> None:
     """Attach subcommands (imported here so `primer --help` lists them all)."""
+    from ml.train_cli import train_command
+
+    main.add_command(train_command)
     from ml.local import down_command, up_command
 
     main.add_command(up_command)
