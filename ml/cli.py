@@ -38,6 +38,9 @@ def _register() -> None:
 
     main.add_command(up_command)
     main.add_command(down_command)
+    from ml.serve import serve
+
+    main.add_command(serve)
 
 
 _register()

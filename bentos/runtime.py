@@ -1,0 +1,383 @@
+"""What the service serves, kept current by two background threads.
+
+Nothing here imports BentoML, so the logic is importable (and testable) on its own.
+
+* The **model thread** watches the pin file and loads ``models:/spy-direction/<N>``
+  from MLflow. A new version is swapped in (one reference assignment) only after
+  it loaded completely; a failed load or an invalid pin keeps the old version
+  serving and is reported in :meth:`Runtime.status` and the logs. With nothing
+  loaded it retries with exponential backoff; the service stays alive, not ready.
+* The **feature thread** builds tomorrow's feature row from the configured data
+  source, at most once per trading day and TTL. When fresh data cannot be had it
+  falls back to the row stored with the model at training time (``stale: true``).
+
+Whenever the model or the feature row changes, the P(up) for (version, as_of) is
+computed once and published as an immutable :class:`Answer`. A request only
+reads that reference: no model work, no data work and no lock on the request path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from promotion.names import MODEL_NAME
+from promotion.pin import PinError, default_pin_path, parse_pin
+
+log = logging.getLogger("bentoml.primer")
+
+# Stored with every model version by the pipeline (see the model contract).
+LATEST_FEATURES_ARTIFACT = "serving/latest_features.json"
+METRIC_KEYS = ("accuracy", "balanced_accuracy", "roc_auc", "log_loss", "brier")
+# Calendar days of prices fetched for tomorrow's row: WARMUP_ROWS + 5 trading
+# days are needed; 60 calendar days cover that across holidays.
+LOOKBACK_DAYS = 60
+MAX_BACKOFF_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    pin_file: Path
+    tracking_uri: str
+    data_source: str
+    pin_poll_seconds: float
+    feature_ttl_seconds: float
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            pin_file=default_pin_path(),  # PRIMER_PIN_FILE, else the repo's pin
+            tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000"),
+            data_source=os.environ.get("PRIMER_DATA_SOURCE", "yfinance"),
+            pin_poll_seconds=_positive_float("PRIMER_PIN_POLL_SECONDS", 2.0),
+            feature_ttl_seconds=_positive_float("PRIMER_FEATURE_TTL_SECONDS", 3600.0),
+        )
+
+
+def _positive_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name}={raw!r} is not a number") from exc
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name}={raw!r} must be a positive finite number")
+    return value
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    version: int
+    run_id: str
+    estimator: Any  # sklearn estimator with predict_proba
+    metrics: dict[str, float]
+    loaded_at: str
+    stored_row: Any | None  # 1-row DataFrame stored at training time, or None
+    stored_as_of: date | None
+
+    def p_up(self, row: Any) -> float:
+        """P(class 1) for a feature frame of one or more rows; the column is looked up, not assumed."""
+        classes = list(self.estimator.classes_)
+        return self.estimator.predict_proba(row)[:, classes.index(1)]
+
+
+@dataclass(frozen=True)
+class FeatureRow:
+    frame: Any  # 1-row DataFrame with FEATURE_COLUMNS
+    as_of: date
+    fetched_at: float  # time.monotonic() of the successful fetch
+    fetched_day: date  # UTC day of the fetch (a new trading day invalidates the row)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """Everything ``/predictionForTomorrow`` needs, computed once per (version, as_of)."""
+
+    model_version: str
+    confidence: float
+    as_of: str
+    stale: bool
+
+
+@dataclass
+class _Status:
+    pin_version: int | None = None
+    pin_error: str | None = None
+    load_error: str | None = None
+    feature_error: str | None = None
+    attempts: int = 0
+    next_attempt: float = 0.0
+
+
+def load_version(tracking_uri: str, version: int) -> LoadedModel:
+    """Load one registered version with its run's metrics and stored feature row.
+
+    MLflow is imported here, in the loader thread, so it never slows the
+    service's start-up (it is the heaviest import by far).
+    """
+    # Our own loop retries with backoff; MLflow's long internal retries would
+    # only hide an unreachable server for minutes.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    import mlflow.sklearn
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    from ml.features import FEATURE_COLUMNS
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    mv = client.get_model_version(MODEL_NAME, str(version))
+    if not mv.run_id:
+        raise RuntimeError(f"models:/{MODEL_NAME}/{version} has no run id; cannot find its metrics and features")
+    run = client.get_run(mv.run_id)
+    mlflow.set_tracking_uri(tracking_uri)
+    estimator = mlflow.sklearn.load_model(f"models:/{MODEL_NAME}/{version}")
+    if not hasattr(estimator, "predict_proba"):
+        raise RuntimeError(f"models:/{MODEL_NAME}/{version} is a {type(estimator).__name__} without predict_proba")
+    if 1 not in list(getattr(estimator, "classes_", [])):
+        raise RuntimeError(f"models:/{MODEL_NAME}/{version} was not trained with label 1 (classes {getattr(estimator, 'classes_', None)})")
+    stored_row, stored_as_of = None, None
+    try:
+        stored = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/{LATEST_FEATURES_ARTIFACT}")
+        stored_as_of = date.fromisoformat(stored["as_of"])
+        stored_row = pd.DataFrame([{c: float(stored["features"][c]) for c in FEATURE_COLUMNS}], columns=list(FEATURE_COLUMNS))
+    except Exception as exc:  # the model still serves fresh data; only the fallback is missing
+        log.warning("v%s: no usable %s in run %s (%s); no stale fallback", version, LATEST_FEATURES_ARTIFACT, mv.run_id, exc)
+    model = LoadedModel(
+        version=version,
+        run_id=mv.run_id,
+        estimator=estimator,
+        metrics={k: float(run.data.metrics[k]) for k in METRIC_KEYS if k in run.data.metrics},
+        loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        stored_row=stored_row,
+        stored_as_of=stored_as_of,
+    )
+    model.p_up(stored_row if stored_row is not None else _zero_row(FEATURE_COLUMNS))  # fail here, not on a request
+    return model
+
+
+def _zero_row(columns: tuple[str, ...]) -> Any:
+    import pandas as pd
+
+    return pd.DataFrame([dict.fromkeys(columns, 0.0)], columns=list(columns))
+
+
+def fetch_tomorrow_row(data_source: str, today: date) -> tuple[Any, date]:
+    """Tomorrow's feature row from recent prices of the configured source."""
+    from ml.data import load_prices
+    from ml.features import tomorrow_row
+
+    prices = load_prices(data_source, start=today - timedelta(days=LOOKBACK_DAYS), end=today)
+    return tomorrow_row(prices)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    loader: Callable[[str, int], LoadedModel] = load_version
+    fetcher: Callable[[str, date], tuple[Any, date]] = fetch_tomorrow_row
+    # Published state: each is replaced as a whole, never mutated, so readers need no lock.
+    model: LoadedModel | None = None
+    features: FeatureRow | None = None
+    answer: Answer | None = None
+    _status: _Status = field(default_factory=_Status)
+    _pin_text: str | None = None
+    _pin_seen: bool = False
+    _p_cache: dict[tuple[int, date], float] = field(default_factory=dict)
+    _publish_lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _wake_features: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    # -- lifecycle -----------------------------------------------------------------
+    def start(self) -> None:
+        for name, target in (("primer-model", self._model_loop), ("primer-features", self._feature_loop)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake_features.set()
+
+    @property
+    def ready(self) -> bool:
+        return self.model is not None
+
+    # -- model thread --------------------------------------------------------------
+    def _model_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.check_pin()
+                self.load_if_needed()
+            except Exception:  # never let the watcher die
+                log.exception("unexpected error in the pin watcher")
+            self._stop.wait(self.settings.pin_poll_seconds)
+
+    def check_pin(self) -> None:
+        """Re-read the pin when its content changed (a ConfigMap swaps a symlink; mtime alone is not enough)."""
+        path = self.settings.pin_file
+        try:
+            text: str | None = path.read_text()
+        except OSError as exc:
+            text = None
+            missing = f"{path}: cannot read pin file ({_short(exc)})"
+        if self._pin_seen and text == self._pin_text:
+            return
+        self._pin_seen, self._pin_text = True, text
+        st = self._status
+        if text is None:
+            st.pin_error = missing + self._keeping()
+            log.error("%s", st.pin_error)
+            return
+        try:
+            pin = parse_pin(text, str(path))
+        except PinError as exc:
+            st.pin_error = f"invalid pin ignored: {exc}{self._keeping()}"
+            log.error("%s", st.pin_error)
+            return
+        st.pin_error = None
+        if pin.version is None:
+            st.pin_error = f"{path}: nothing pinned (version: null){self._keeping()}"
+            log.warning("%s", st.pin_error)
+        elif pin.version != st.pin_version:
+            log.info("pin %s: %s wants version %s", path, MODEL_NAME, pin.version)
+        if pin.version != st.pin_version:
+            st.pin_version, st.attempts, st.next_attempt, st.load_error = pin.version, 0, 0.0, None
+
+    def _keeping(self) -> str:
+        return f"; still serving version {self.model.version}" if self.model else "; no model loaded"
+
+    def load_if_needed(self) -> None:
+        st = self._status
+        wanted = st.pin_version
+        if wanted is None or (self.model is not None and self.model.version == wanted):
+            return
+        if time.monotonic() < st.next_attempt:
+            return
+        st.attempts += 1
+        log.info("loading models:/%s/%s from %s (attempt %d)", MODEL_NAME, wanted, self.settings.tracking_uri, st.attempts)
+        try:
+            model = self.loader(self.settings.tracking_uri, wanted)
+        except Exception as exc:
+            delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** min(st.attempts, 10))
+            st.next_attempt = time.monotonic() + delay
+            st.load_error = f"loading models:/{MODEL_NAME}/{wanted} failed: {_short(exc)}{self._keeping()}; retrying in {delay:.0f}s"
+            log.error("%s", st.load_error)
+            return
+        if st.pin_version != wanted:  # the pin moved on while we loaded: try again with the new one
+            return
+        previous = self.model
+        self.model = model  # the atomic swap: requests see the old or the new model, never half of one
+        st.load_error, st.attempts = None, 0
+        log.info(
+            "serving models:/%s/%s (run %s)%s", MODEL_NAME, wanted, model.run_id,
+            f", replaced version {previous.version}" if previous else "",
+        )
+        self.publish()
+
+    # -- feature thread ------------------------------------------------------------
+    def features_fresh(self, now: float | None = None, today: date | None = None) -> bool:
+        row = self.features
+        if row is None:
+            return False
+        now = time.monotonic() if now is None else now
+        today = datetime.now(UTC).date() if today is None else today
+        return row.fetched_day == today and now - row.fetched_at <= self.settings.feature_ttl_seconds
+
+    def _feature_loop(self) -> None:
+        failures = 0
+        next_try = 0.0
+        while not self._stop.is_set():
+            try:
+                if not self.features_fresh() and time.monotonic() >= next_try:
+                    if self.refresh_features():
+                        failures = 0
+                    else:
+                        failures += 1
+                        next_try = time.monotonic() + min(
+                            self.settings.feature_ttl_seconds, MAX_BACKOFF_SECONDS, 2.0 * 2 ** min(failures, 10)
+                        )
+                    self.publish()  # a fresh row, or an expired one now flagged stale
+            except Exception:
+                log.exception("unexpected error in the feature refresher")
+            self._wake_features.wait(1.0)
+            self._wake_features.clear()
+
+    def refresh_features(self) -> bool:
+        today = datetime.now(UTC).date()
+        try:
+            frame, as_of = self.fetcher(self.settings.data_source, today)
+        except Exception as exc:
+            self._status.feature_error = f"fetching prices from {self.settings.data_source!r} failed: {_short(exc)}"
+            log.warning("%s; serving the last known feature row (stale)", self._status.feature_error)
+            return False
+        self.features = FeatureRow(frame=frame, as_of=as_of, fetched_at=time.monotonic(), fetched_day=today)
+        self._status.feature_error = None
+        log.info("features for tomorrow as of %s from %s", as_of, self.settings.data_source)
+        return True
+
+    # -- the published answer --------------------------------------------------------
+    def publish(self) -> None:
+        """Recompute the answer for the current model and feature row (cached per version and as_of)."""
+        with self._publish_lock:  # only the two background threads take it; requests never do
+            model = self.model
+            if model is None:
+                self.answer = None
+                return
+            fresh = self.features_fresh()
+            candidates = []
+            if self.features is not None:
+                candidates.append((self.features.as_of, self.features.frame))
+            if model.stored_row is not None and model.stored_as_of is not None:
+                candidates.append((model.stored_as_of, model.stored_row))
+            if not candidates:
+                self.answer = None
+                return
+            # Fresh data if we have it, else the most recent row we know.
+            as_of, frame = candidates[0] if fresh else max(candidates, key=lambda c: c[0])
+            key = (model.version, as_of)
+            if key not in self._p_cache:
+                self._p_cache = {k: v for k, v in self._p_cache.items() if k[0] == model.version}
+                self._p_cache[key] = float(model.p_up(frame)[0])
+            self.answer = Answer(
+                model_version=str(model.version),
+                confidence=self._p_cache[key],
+                as_of=as_of.isoformat(),
+                stale=not fresh,
+            )
+
+    # -- reporting -----------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        model, st, answer = self.model, self._status, self.answer
+        errors = [e for e in (st.pin_error, st.load_error) if e]
+        return {
+            "model_name": MODEL_NAME,
+            "model_version": str(model.version) if model else None,
+            "run_id": model.run_id if model else None,
+            "metrics": model.metrics if model else {},
+            "loaded_at": model.loaded_at if model else None,
+            "ready": model is not None,
+            "last_error": "; ".join(errors) if errors else None,
+            "pin_source": str(self.settings.pin_file),
+            "pinned_version": str(st.pin_version) if st.pin_version is not None else None,
+            "tracking_uri": self.settings.tracking_uri,
+            "data_source": self.settings.data_source,
+            "as_of": answer.as_of if answer else None,
+            "stale": answer.stale if answer else None,
+            "feature_error": st.feature_error,
+        }
