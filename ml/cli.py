@@ -31,6 +31,10 @@ def main(verbose: bool) -> None:
 
 def _register() -> None:
     """Attach subcommands (imported here so `primer --help` lists them all)."""
+    from promotion.cli import COMMANDS as promotion_commands
+
+    for command in promotion_commands:
+        main.add_command(command)
     from ml.train_cli import train_command
 
     main.add_command(train_command)

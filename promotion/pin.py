@@ -85,3 +85,60 @@ def default_pin_path() -> Path:
     """``PRIMER_PIN_FILE`` if set, else ``<repo>/promotion/model-version.yaml``."""
     env = os.environ.get("PRIMER_PIN_FILE")
     return Path(env) if env else repo_root() / PIN_PATH
+
+
+# Written when the pin file does not exist yet; the comment is the human's manual.
+PIN_TEMPLATE = f"""\
+# Which registered MLflow model version serves. Git decides; MLflow's
+# "champion" alias only mirrors this file.
+#   promote:   primer promote <VERSION>   (or merge a promote/... pull request)
+#   roll back: primer rollback            (or git revert the promoting commit)
+model: {MODEL_NAME}
+version: null
+"""
+
+
+def _yaml_rt():  # type: ignore[no-untyped-def]
+    """A round-trip YAML instance that keeps comments and writes ``null`` (not an empty value)."""
+    from ruamel.yaml import YAML
+
+    rt = YAML(typ="rt")
+    rt.preserve_quotes = True
+    rt.representer.add_representer(
+        type(None), lambda rep, _data: rep.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
+    return rt
+
+
+def render_pin(text: str | None, version: int | None, source: str = "pin") -> str:
+    """Return ``text`` with ``version`` replaced, comments kept; validated by :func:`parse_pin`.
+
+    ``text`` must itself be a valid pin (we never "repair" a broken file
+    silently: a human should see what was wrong). ``None`` starts from the template.
+    """
+    import io
+
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version <= 0):
+        raise PinError(f"{source}: version must be an integer >= 1 or None, got {version!r}")
+    base = PIN_TEMPLATE if text is None else text
+    parse_pin(base, source)
+    rt = _yaml_rt()
+    data = rt.load(base)
+    data["version"] = version
+    buf = io.StringIO()
+    rt.dump(data, buf)
+    out = buf.getvalue()
+    pin = parse_pin(out, source)  # the single validator also checks what we write
+    if pin.version != version:  # pragma: no cover - guards a ruamel behaviour change
+        raise PinError(f"{source}: writing version {version} produced {pin.version}")
+    return out
+
+
+def write_pin(path: str | Path, version: int | None) -> Pin:
+    """Set ``version`` in the pin file at ``path`` (created from the template if missing)."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else None
+    out = render_pin(text, version, str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(out)
+    return parse_pin(out, str(path))

@@ -1,0 +1,294 @@
+"""Human operations: a git commit promotes or rolls back.
+
+``primer pin check | promote | rollback | registry sync | status``. Registered
+in ``ml/cli.py``; this module imports nothing from ``ml``.
+
+Exit codes: 0 ok; 1 the operation was refused or failed (the message says why);
+3 ``pin check --require-registry`` / ``registry sync`` could not reach MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import click
+import httpx
+
+from promotion import gitops, registry
+from promotion.forge import ForgeError, forge_from_env
+from promotion.gitops import GitError
+from promotion.names import CHALLENGER_ALIAS, CHAMPION_ALIAS, MODEL_NAME, PromotionStatus, promotion_title
+from promotion.pin import Pin, PinError, default_pin_path, parse_pin, read_pin, repo_root, write_pin
+from promotion.propose import _BRANCH_RE
+
+EXIT_UNREACHABLE = 3
+_ROLLBACK_RE = re.compile(r"^Roll back " + re.escape(MODEL_NAME) + r" from v(\d+)")
+
+
+def _fail(msg: str, code: int = 1) -> None:
+    click.echo(f"error: {msg}", err=True)
+    raise SystemExit(code)
+
+
+def _warn(msg: str) -> None:
+    click.echo(f"warning: {msg}", err=True)
+
+
+def _registry_check(version: int | None, require: bool) -> str:
+    """'ok' | 'unreachable' ; exits 1 when the version is not in the registry."""
+    uri = registry.tracking_uri()
+    try:
+        registry.probe(uri)
+    except registry.RegistryUnreachable as exc:
+        if require:
+            _fail(f"{exc}; cannot check the version against the registry", EXIT_UNREACHABLE)
+        _warn(f"{exc}; registry check skipped (schema only). Use --require-registry to make this an error.")
+        return "unreachable"
+    if version is not None and registry.get_version(registry.client(uri), version) is None:
+        _fail(f"version {version} does not exist in registered model {MODEL_NAME!r} at {uri}")
+    return "ok"
+
+
+def _validate_version(text: str) -> int:
+    """The pin file's own rules applied to a command-line VERSION."""
+    try:
+        pin = parse_pin(f"model: {MODEL_NAME}\nversion: {text}\n", "VERSION")
+    except PinError as exc:
+        _fail(str(exc))
+    if pin.version is None:
+        _fail("VERSION must be an integer >= 1")
+    return pin.version  # type: ignore[return-value]
+
+
+def _repo_and_pin() -> tuple[Path, Path, str]:
+    pin = default_pin_path().resolve()
+    repo = repo_root()
+    try:
+        rel = str(pin.relative_to(repo))
+    except ValueError:
+        _fail(f"pin file {pin} is not inside the repository {repo} (set PRIMER_REPO_DIR)")
+    if not (repo / ".git").exists():
+        _fail(f"{repo} is not a git repository (set PRIMER_REPO_DIR)")
+    return repo, pin, rel
+
+
+def _push(repo: Path) -> None:
+    branch = gitops.git("symbolic-ref", "--short", "HEAD", cwd=repo).stdout.strip()
+    remote = os.environ.get("PRIMER_GIT_REMOTE") or "origin"
+    url = remote if remote != "origin" else gitops.git("remote", "get-url", "origin", cwd=repo).stdout.strip()
+    gitops.git("push", "-q", remote, f"HEAD:refs/heads/{branch}", cwd=repo, remote=url,
+               token=os.environ.get("PRIMER_FORGE_TOKEN") or None)
+    click.echo(f"pushed {branch} to {gitops._redact(url)}")
+
+
+def _commit_pin(repo: Path, pin: Path, rel: str, version: int, message: str, push: bool) -> str:
+    if gitops.is_dirty(repo, rel):
+        _fail(f"{rel} has uncommitted changes; commit or discard them first (git diff -- {rel})")
+    try:
+        write_pin(pin, version)
+        sha = gitops.commit_paths(repo, message, rel)
+    except (GitError, PinError) as exc:
+        _fail(str(exc))
+    click.echo(f"committed {sha[:8]}: {message.splitlines()[0]}")
+    if push:
+        try:
+            _push(repo)
+        except GitError as exc:
+            _fail(f"committed locally but the push failed: {exc}")
+    return sha
+
+
+# ---------------------------------------------------------------- pin check
+
+@click.group("pin")
+def pin_group() -> None:
+    """Inspect the pin file (promotion/model-version.yaml)."""
+
+
+@pin_group.command("check")
+@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--require-registry", is_flag=True,
+              help="Fail (exit 3) when MLflow is unreachable instead of warning and checking the schema only.")
+def pin_check(file: Path | None, require_registry: bool) -> None:
+    """Validate FILE (default: the repository's pin): schema, types, and that the
+    version exists in the MLflow registry (MLFLOW_TRACKING_URI) when it is reachable."""
+    path = file or default_pin_path()
+    try:
+        pin = read_pin(path)
+    except PinError as exc:
+        _fail(str(exc))
+    state = _registry_check(pin.version, require_registry)
+    where = "exists in the registry" if state == "ok" else "registry not checked"
+    if pin.version is None:
+        click.echo(f"{path}: ok: {pin.model}, nothing pinned yet (version: null)")
+    else:
+        click.echo(f"{path}: ok: {pin.model} v{pin.version} ({where})")
+
+
+# ---------------------------------------------------------------- promote / rollback
+
+@click.command("promote")
+@click.argument("version")
+@click.option("--reason", default="", help="Why (goes into the commit message).")
+@click.option("--push", is_flag=True, help="Push the commit (to PRIMER_GIT_REMOTE, else origin).")
+def promote(version: str, reason: str, push: bool) -> None:
+    """Pin VERSION and commit it: the commit is the promotion."""
+    n = _validate_version(version)
+    repo, pin, rel = _repo_and_pin()
+    try:
+        current = read_pin(pin)
+    except PinError as exc:
+        _fail(f"{exc} (fix the pin file first)")
+    if current.version == n:
+        click.echo(f"v{n} is already pinned; nothing to commit")
+        return
+    _registry_check(n, require=False)
+    msg = promotion_title(n) + "\n\n" + (f"Reason: {reason}\n" if reason else "") + \
+        f"Previously pinned: {'v' + str(current.version) if current.version else 'nothing'}\n"
+    _commit_pin(repo, pin, rel, n, msg, push)
+
+
+def previous_version(history: list[gitops.PinPin], current: int | None) -> int | None:
+    """The newest earlier pin that is neither the current one nor one a rollback moved away from."""
+    rolled_from = {int(m.group(1)) for h in history if (m := _ROLLBACK_RE.match(h.subject))}
+    for h in history:
+        if h.version is not None and h.version != current and h.version not in rolled_from:
+            return h.version
+    return None
+
+
+@click.command("rollback")
+@click.option("--to", "to", default=None, help="Pin this version instead of the previously pinned one.")
+@click.option("--reason", default="", help="Why (goes into the commit message).")
+@click.option("--push", is_flag=True, help="Push the commit (to PRIMER_GIT_REMOTE, else origin).")
+def rollback(to: str | None, reason: str, push: bool) -> None:
+    """Pin the previously pinned version (from the pin file's git history) and commit."""
+    repo, pin, rel = _repo_and_pin()
+    try:
+        current = read_pin(pin).version
+    except PinError as exc:
+        _fail(f"{exc} (fix the pin file first)")
+    if current is None:
+        _fail("nothing is pinned (version: null); there is nothing to roll back")
+    if to is not None:
+        target = _validate_version(to)
+        if target == current:
+            _fail(f"v{target} is already pinned")
+    else:
+        found = previous_version(gitops.pin_history(repo, rel), current)
+        if found is None:
+            _fail(f"no earlier pinned version in the git history of {rel}; use --to VERSION")
+        target = found  # type: ignore[assignment]
+    state = _registry_check(target, require=False)
+    msg = f"Roll back {MODEL_NAME} from v{current} to v{target}\n\n" + (f"Reason: {reason}\n" if reason else "")
+    _commit_pin(repo, pin, rel, target, msg, push)
+    if state == "ok":
+        registry.set_status(registry.client(), current, PromotionStatus.ROLLED_BACK)  # type: ignore[arg-type]
+        click.echo(f"tagged v{current} promotion_status={PromotionStatus.ROLLED_BACK.value}")
+    else:
+        _warn(f"MLflow unreachable: v{current} not tagged {PromotionStatus.ROLLED_BACK.value}")
+
+
+# ---------------------------------------------------------------- registry sync
+
+@click.group("registry")
+def registry_group() -> None:
+    """Mirror git into the MLflow registry."""
+
+
+@registry_group.command("sync")
+def registry_sync() -> None:
+    """Set alias champion to the pinned version and tag it promoted (idempotent).
+    Argo CD runs this as a PostSync hook."""
+    try:
+        pin = read_pin(default_pin_path())
+    except PinError as exc:
+        _fail(str(exc))
+    if pin.version is None:
+        click.echo("nothing pinned yet (version: null); nothing to sync")
+        return
+    uri = registry.tracking_uri()
+    try:
+        registry.probe(uri)
+        result = registry.sync_champion(registry.client(uri), pin.version)
+    except registry.RegistryUnreachable as exc:
+        _fail(str(exc), EXIT_UNREACHABLE)
+    except LookupError as exc:
+        _fail(str(exc))
+    click.echo(result.message)
+
+
+# ---------------------------------------------------------------- status
+
+def _fmt_v(v: int | None) -> str:
+    return "none" if v is None else f"v{v}"
+
+
+@click.command("status")
+@click.option("--service-url", default=lambda: os.environ.get("PRIMER_SERVICE_URL") or None,
+              help="Ask a running service which version it serves (GET <url>/model). Default PRIMER_SERVICE_URL.")
+@click.option("--strict", is_flag=True, help="Exit 1 when anything drifts from the pin.")
+def status(service_url: str | None, strict: bool) -> None:
+    """Pin (git) vs champion/challenger aliases (MLflow) vs the running service, and open promotion PRs."""
+    drift: list[str] = []
+    pin_path = default_pin_path()
+    try:
+        pin: Pin | None = read_pin(pin_path)
+    except PinError as exc:
+        pin = None
+        drift.append(f"pin file invalid: {exc}")
+    pinned = pin.version if pin else None
+    commit = gitops.git("log", "-1", "--format=%h %s", "--", str(pin_path), cwd=pin_path.parent,
+                        check=False).stdout.strip() if pin_path.parent.is_dir() else ""
+    click.echo(f"pin (git):            {_fmt_v(pinned)}" + (f"   [{commit}]" if commit else ""))
+
+    uri = registry.tracking_uri()
+    try:
+        registry.probe(uri)
+        c = registry.client(uri)
+        champion, challenger = registry.alias_version(c, CHAMPION_ALIAS), registry.alias_version(c, CHALLENGER_ALIAS)
+        ch_status = registry.status_of(c, challenger) if challenger else None
+        click.echo(f"champion (MLflow):    {_fmt_v(champion)}")
+        click.echo(f"challenger (MLflow):  {_fmt_v(challenger)}" + (f" ({ch_status})" if ch_status else ""))
+        if champion != pinned:
+            drift.append(f"MLflow alias {CHAMPION_ALIAS} is {_fmt_v(champion)} but git pins {_fmt_v(pinned)} "
+                         "(run `primer registry sync`)")
+    except registry.RegistryUnreachable as exc:
+        click.echo(f"champion (MLflow):    unknown ({exc})")
+
+    if service_url:
+        try:
+            r = httpx.get(service_url.rstrip("/") + "/model", timeout=5)
+            r.raise_for_status()
+            served = r.json().get("model_version")
+            served_v = int(served) if served not in (None, "") else None
+            click.echo(f"service:              {_fmt_v(served_v)}   [{service_url}]")
+            if served_v != pinned:
+                drift.append(f"service at {service_url} serves {_fmt_v(served_v)} but git pins {_fmt_v(pinned)} "
+                             "(rollout pending or failing)")
+        except (httpx.HTTPError, ValueError) as exc:
+            click.echo(f"service:              unknown ({type(exc).__name__}: {exc})")
+            drift.append(f"service at {service_url} did not answer /model")
+
+    forge = None
+    try:
+        forge = forge_from_env()
+        if forge.kind != "none":
+            prs = [p for p in forge.list_open_prs() if _BRANCH_RE.match(p.head)]
+            click.echo(f"open promotion PRs:   {len(prs)}")
+            for p in prs:
+                click.echo(f"  #{p.number} {p.title}  {p.url}")
+    except ForgeError as exc:
+        click.echo(f"open promotion PRs:   unknown ({exc})")
+
+    for d in drift:
+        click.echo(f"DRIFT: {d}")
+    if not drift:
+        click.echo("in sync")
+    if drift and strict:
+        raise SystemExit(1)
+
+
+COMMANDS = (pin_group, promote, rollback, registry_group, status)

@@ -1,0 +1,165 @@
+"""Pull requests through a forge API: Gitea (the in-cluster default), GitHub, or none.
+
+Exactly four endpoints are used, identical in shape on both forges:
+list open PRs, create a PR, close a PR (PATCH state=closed) and comment on a
+PR (the issues comments API). Retries (tenacity) only on connection errors and
+5xx: a 4xx is an answer, not an outage. The token comes only from
+PRIMER_FORGE_TOKEN in the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
+
+GITHUB_API = "https://api.github.com"
+GITEA_DEFAULT = "http://gitea:3000"
+TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+
+
+class ForgeError(RuntimeError):
+    """A forge call failed; the message says which call and what the forge answered."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class PullRequest:
+    number: int
+    url: str
+    title: str
+    head: str  # branch name
+    state: str = "open"
+
+
+class Forge(Protocol):
+    kind: str
+
+    def list_open_prs(self) -> list[PullRequest]: ...
+    def create_pr(self, title: str, body: str, head: str, base: str) -> PullRequest: ...
+    def close_pr(self, number: int) -> None: ...
+    def comment(self, number: int, body: str) -> None: ...
+
+
+class NoForge:
+    """``PRIMER_FORGE=none``: push the branch only (local use); there are no PRs to list."""
+
+    kind = "none"
+
+    def list_open_prs(self) -> list[PullRequest]:
+        return []
+
+    def create_pr(self, title: str, body: str, head: str, base: str) -> PullRequest:  # pragma: no cover
+        raise ForgeError("no forge configured (PRIMER_FORGE=none): cannot open a pull request")
+
+    def close_pr(self, number: int) -> None:  # pragma: no cover
+        raise ForgeError("no forge configured (PRIMER_FORGE=none)")
+
+    def comment(self, number: int, body: str) -> None:  # pragma: no cover
+        raise ForgeError("no forge configured (PRIMER_FORGE=none)")
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, httpx.TransportError):
+        return True
+    return isinstance(exc, ForgeError) and exc.status is not None and exc.status >= 500
+
+
+class HttpForge:
+    """Gitea and GitHub share the REST shapes we use; they differ in base URL, auth scheme,
+    page-size parameter and the status for "a PR for this branch already exists"
+    (Gitea 409, GitHub 422)."""
+
+    def __init__(self, kind: str, api_base: str, repo: str, token: str | None,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        if kind not in ("gitea", "github"):
+            raise ForgeError(f"unknown forge kind {kind!r}")
+        if not repo or repo.count("/") != 1:
+            raise ForgeError(f"PRIMER_FORGE_REPO must be owner/name, got {repo!r}")
+        self.kind = kind
+        self.api_base = api_base.rstrip("/")
+        self.repo = repo
+        headers = {"Accept": "application/json", "User-Agent": "mlops-primer"}
+        if kind == "github":
+            headers["Accept"] = "application/vnd.github+json"
+            headers["X-GitHub-Api-Version"] = "2022-11-28"
+        if token:
+            headers["Authorization"] = f"token {token}" if kind == "gitea" else f"Bearer {token}"
+        self._http = httpx.Client(base_url=self.api_base, headers=headers, timeout=TIMEOUT, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    @retry(retry=retry_if_exception(_transient), stop=stop_after_attempt(3),
+           wait=wait_exponential(multiplier=0.3, max=3), reraise=True)
+    def _call(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            r = self._http.request(method, f"/repos/{self.repo}{path}", **kw)
+        except httpx.TransportError:
+            raise
+        if r.status_code >= 400:
+            try:
+                detail = r.json().get("message") or r.text
+            except ValueError:
+                detail = r.text
+            raise ForgeError(f"{self.kind} {method} {self.api_base}/repos/{self.repo}{path}: "
+                             f"HTTP {r.status_code} {str(detail)[:300]}", r.status_code)
+        return r.json() if r.content else None
+
+    def _request(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            return self._call(method, path, **kw)
+        except httpx.TransportError as exc:
+            raise ForgeError(f"{self.kind} API at {self.api_base} unreachable: {type(exc).__name__}: {exc}") from exc
+
+    @staticmethod
+    def _pr(d: dict[str, Any]) -> PullRequest:
+        return PullRequest(number=int(d["number"]), url=d.get("html_url") or d.get("url", ""),
+                           title=d.get("title", ""), head=(d.get("head") or {}).get("ref", ""),
+                           state=d.get("state", "open"))
+
+    def list_open_prs(self) -> list[PullRequest]:
+        size = {"limit": 50} if self.kind == "gitea" else {"per_page": 100}
+        return [self._pr(d) for d in self._request("GET", "/pulls", params={"state": "open", **size}) or []]
+
+    def create_pr(self, title: str, body: str, head: str, base: str) -> PullRequest:
+        """Open a PR; if one is already open for ``head`` (a concurrent run), return that one."""
+        try:
+            return self._pr(self._request("POST", "/pulls", json={"title": title, "body": body,
+                                                                  "head": head, "base": base}))
+        except ForgeError as exc:
+            if exc.status in (409, 422):
+                existing = [p for p in self.list_open_prs() if p.head == head]
+                if existing:
+                    return existing[0]
+            raise
+
+    def close_pr(self, number: int) -> None:
+        self._request("PATCH", f"/pulls/{number}", json={"state": "closed"})
+
+    def comment(self, number: int, body: str) -> None:
+        self._request("POST", f"/issues/{number}/comments", json={"body": body})
+
+
+def forge_from_env(env: dict[str, str] | None = None) -> Forge:
+    """PRIMER_FORGE (gitea|github|none, default none), PRIMER_FORGE_URL, PRIMER_FORGE_REPO, PRIMER_FORGE_TOKEN."""
+    env = dict(os.environ) if env is None else env
+    kind = (env.get("PRIMER_FORGE") or "none").strip().lower()
+    if kind == "none":
+        return NoForge()
+    repo = env.get("PRIMER_FORGE_REPO", "")
+    token = env.get("PRIMER_FORGE_TOKEN") or None
+    if kind == "gitea":
+        url = (env.get("PRIMER_FORGE_URL") or GITEA_DEFAULT).rstrip("/")
+        # Accept the web URL (http://gitea:3000) or the API base (.../api/v1).
+        api = url if url.endswith("/api/v1") else f"{url}/api/v1"
+        return HttpForge("gitea", api, repo, token)
+    if kind == "github":
+        return HttpForge("github", env.get("PRIMER_FORGE_URL") or GITHUB_API, repo, token)
+    raise ForgeError(f"PRIMER_FORGE must be gitea, github or none, got {kind!r}")

@@ -1,0 +1,166 @@
+"""The promotion gate: ``policy.yaml`` and :func:`decide`.
+
+The one invariant this module guarantees: a challenger that scores worse than
+(or equal to) the champion on the same window never passes, whatever the
+policy file says (``min_improvement`` cannot be negative).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from promotion.evidence import LOWER_IS_BETTER, Evaluation, Scores
+from promotion.names import POLICY_PATH
+from promotion.pin import repo_root
+
+METRICS = tuple(Scores.__dataclass_fields__)
+BOOTSTRAP_MODES = ("commit", "propose")
+# Float subtraction noise (0.53 - 0.52 = 0.00999...) must not flip a decision at the threshold.
+_EPS = 1e-9
+
+
+class PolicyError(ValueError):
+    """policy.yaml is missing or malformed; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    metric: str = "balanced_accuracy"
+    min_improvement: float = 0.01
+    min_eval_days: int = 60
+    must_beat_baseline: bool = True
+    bootstrap: Literal["commit", "propose"] = "commit"
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise PolicyError(f"policy: metric {self.metric!r} is not one of {', '.join(METRICS)}")
+        if isinstance(self.min_improvement, bool) or not isinstance(self.min_improvement, (int, float)) \
+                or not math.isfinite(self.min_improvement) or self.min_improvement < 0:
+            raise PolicyError(f"policy: min_improvement must be a number >= 0, got {self.min_improvement!r}")
+        if isinstance(self.min_eval_days, bool) or not isinstance(self.min_eval_days, int) or self.min_eval_days < 1:
+            raise PolicyError(f"policy: min_eval_days must be an integer >= 1, got {self.min_eval_days!r}")
+        if not isinstance(self.must_beat_baseline, bool):
+            raise PolicyError(f"policy: must_beat_baseline must be true or false, got {self.must_beat_baseline!r}")
+        if self.bootstrap not in BOOTSTRAP_MODES:
+            raise PolicyError(f"policy: bootstrap must be one of {', '.join(BOOTSTRAP_MODES)}, got {self.bootstrap!r}")
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.metric in LOWER_IS_BETTER
+
+
+def parse_policy(text: str, source: str = "policy") -> Policy:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{source}: YAML syntax error: {exc}") from exc
+    if not isinstance(data, dict):
+        raise PolicyError(f"{source}: expected a mapping of policy fields")
+    known = set(Policy.__dataclass_fields__)
+    unknown = sorted(set(map(str, data)) - known)
+    if unknown:
+        raise PolicyError(f"{source}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+    try:
+        return Policy(**data)
+    except PolicyError as exc:
+        raise PolicyError(f"{source}: {exc}") from exc
+
+
+def default_policy_path() -> Path:
+    """``PRIMER_POLICY_FILE``, else the repository's copy, else the one shipped in the package."""
+    env = os.environ.get("PRIMER_POLICY_FILE")
+    if env:
+        return Path(env)
+    in_repo = repo_root() / POLICY_PATH
+    return in_repo if in_repo.exists() else Path(__file__).with_name("policy.yaml")
+
+
+def load_policy(path: str | Path | None = None) -> Policy:
+    path = Path(path) if path is not None else default_policy_path()
+    try:
+        text = path.read_text()
+    except FileNotFoundError as exc:
+        raise PolicyError(f"{path}: policy file not found") from exc
+    return parse_policy(text, str(path))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    reasons: list[str] = field(default_factory=list)
+    bootstrap: bool = False  # nothing pinned yet: policy.bootstrap says how to promote
+    metric: str = ""
+    challenger_score: float | None = None
+    champion_score: float | None = None
+    baseline: tuple[str, float] | None = None
+
+    @property
+    def improvement(self) -> float | None:
+        """Challenger minus champion, signed so that positive is better."""
+        if self.challenger_score is None or self.champion_score is None:
+            return None
+        d = self.challenger_score - self.champion_score
+        return -d if self.metric in LOWER_IS_BETTER else d
+
+
+def _better_by(a: float, b: float, lower_is_better: bool) -> float:
+    return (b - a) if lower_is_better else (a - b)
+
+
+def decide(evaluation: Evaluation, policy: Policy) -> Verdict:
+    """Apply the gate. Every reason carries the numbers it was decided on."""
+    m = policy.metric
+    reasons: list[str] = []
+    ok = True
+    bootstrap = evaluation.champion_version is None
+    challenger = evaluation.challenger.get(m)
+    champion = evaluation.champion.get(m) if evaluation.champion is not None else None
+    baseline = evaluation.best_baseline(m)
+
+    if evaluation.eval_days < policy.min_eval_days:
+        ok = False
+        reasons.append(f"evaluation window has {evaluation.eval_days} days < min_eval_days {policy.min_eval_days}")
+    else:
+        reasons.append(f"evaluation window has {evaluation.eval_days} days >= min_eval_days {policy.min_eval_days}")
+
+    if challenger is None or not math.isfinite(challenger):
+        return Verdict(False, [*reasons, f"challenger has no {m} score on this window"], bootstrap, m, None, champion, baseline)
+
+    if policy.must_beat_baseline:
+        if baseline is None:
+            ok = False
+            reasons.append(f"no naive baseline scored on {m}; cannot show the challenger beats one")
+        else:
+            name, value = baseline
+            margin = _better_by(challenger, value, policy.lower_is_better)
+            if margin > _EPS:
+                reasons.append(f"challenger {m} {challenger:.4f} beats best baseline {name} {value:.4f} ({margin:+.4f})")
+            else:
+                ok = False
+                reasons.append(f"challenger {m} {challenger:.4f} does not beat best baseline {name} {value:.4f} ({margin:+.4f})")
+
+    if bootstrap:
+        reasons.append(f"nothing pinned yet: bootstrap ({policy.bootstrap})")
+    elif evaluation.champion_version == evaluation.challenger_version:
+        ok = False
+        reasons.append(f"v{evaluation.challenger_version} is already the champion")
+    elif champion is None or not math.isfinite(champion):
+        ok = False
+        reasons.append(f"champion v{evaluation.champion_version} has no {m} score on the same window; refusing to compare")
+    else:
+        delta = _better_by(challenger, champion, policy.lower_is_better)
+        # delta > 0 is checked on its own so that min_improvement 0 still never promotes a tie.
+        if delta > 0 and delta >= policy.min_improvement - _EPS:
+            reasons.append(f"challenger {m} {challenger:.4f} vs champion v{evaluation.champion_version} {champion:.4f}: "
+                           f"{delta:+.4f} >= min_improvement {policy.min_improvement}")
+        else:
+            ok = False
+            reasons.append(f"challenger {m} {challenger:.4f} vs champion v{evaluation.champion_version} {champion:.4f}: "
+                           f"{delta:+.4f} < min_improvement {policy.min_improvement} (or not better)")
+    return Verdict(ok, reasons, bootstrap, m, challenger, champion, baseline)

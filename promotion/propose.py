@@ -1,0 +1,307 @@
+"""The pipeline's last step: gate the evaluation, then branch + commit + pull request.
+
+Failure handling: a failed push or forge call never touches the registered
+version beyond tagging it ``promotion_status=proposal_failed``; the evaluation
+that justified it is saved next to the run (``promotion/evaluation.json``) so
+that the next run retries it when its own challenger does not pass the gate
+(and supersedes it when it does). Re-running for the same evaluation is safe:
+the branch and the PR are reused, never duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from promotion import gitops, registry
+from promotion.evidence import LOWER_IS_BETTER, Evaluation, Scores
+from promotion.forge import Forge, ForgeError, PullRequest, forge_from_env
+from promotion.gitops import GitError
+from promotion.names import (
+    CHALLENGER_ALIAS, MODEL_NAME, PIN_PATH, POLICY_PATH, PromotionStatus, Tag, promotion_branch, promotion_title,
+)
+from promotion.pin import PinError, repo_root
+from promotion.policy import Policy, Verdict, decide, load_policy
+
+log = logging.getLogger(__name__)
+
+EVALUATION_ARTIFACT = "promotion/evaluation.json"
+_BRANCH_RE = re.compile("^" + re.escape(promotion_branch(0)[:-1]) + r"(\d+)$")
+
+
+class ProposalError(RuntimeError):
+    """Pushing the branch or talking to the forge failed; the version is tagged for retry."""
+
+
+@dataclass(frozen=True)
+class PromotionSettings:
+    remote: str
+    branch: str = "main"
+    token: str | None = None
+
+    @classmethod
+    def from_env(cls) -> PromotionSettings:
+        return cls(
+            # Unset: the local repository itself (``primer up``): branches are pushed into it.
+            remote=os.environ.get("PRIMER_GIT_REMOTE") or str(repo_root()),
+            branch=os.environ.get("PRIMER_GIT_BRANCH") or "main",
+            token=os.environ.get("PRIMER_FORGE_TOKEN") or None,
+        )
+
+
+@dataclass
+class ProposalOutcome:
+    # rejected | proposed | reused | branch_only | committed | already_pinned
+    status: str
+    version: int
+    verdict: Verdict
+    branch: str | None = None
+    pr_url: str | None = None
+    commit: str | None = None
+    superseded: list[int] = field(default_factory=list)
+    retried: ProposalOutcome | None = None  # a failed earlier proposal this run completed
+
+    @property
+    def message(self) -> str:
+        v = f"v{self.version}"
+        text = {
+            "rejected": f"{v} not proposed: gate failed: " + "; ".join(self.verdict.reasons),
+            "proposed": f"{v} proposed: {self.pr_url} (branch {self.branch})",
+            "reused": f"{v} already proposed: {self.pr_url} (branch {self.branch})",
+            "branch_only": f"{v} proposed on branch {self.branch} (no forge configured: open the PR by hand or merge it)",
+            "committed": f"{v} pinned directly on {self.branch} (bootstrap: nothing was pinned) at {(self.commit or '')[:8]}",
+            "already_pinned": f"{v} is already pinned on {self.branch}; nothing to do",
+        }[self.status]
+        if self.superseded:
+            text += f"; superseded v{', v'.join(map(str, self.superseded))}"
+        if self.retried is not None:
+            text += f"; retried earlier failed proposal: {self.retried.message}"
+        return text
+
+
+# ---------------------------------------------------------------- evidence text
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def _links(e: Evaluation) -> dict[str, str]:
+    ui = e.tracking_uri.rstrip("/")
+    if not ui.startswith(("http://", "https://")):
+        ui = "<mlflow ui>"
+    links = {
+        "challenger run": f"{ui}/#/experiments/{e.experiment_id}/runs/{e.challenger_run_id}",
+        "training run": f"{ui}/#/experiments/{e.experiment_id}/runs/{e.parent_run_id}",
+        f"model version v{e.challenger_version}": f"{ui}/#/models/{e.model_name}/versions/{e.challenger_version}",
+    }
+    if e.champion_version is not None:
+        links[f"champion v{e.champion_version}"] = f"{ui}/#/models/{e.model_name}/versions/{e.champion_version}"
+    return links
+
+
+def commit_message(e: Evaluation, v: Verdict) -> str:
+    lines = [promotion_title(e.challenger_version, e.model_name), ""]
+    if e.champion is not None and e.champion_version is not None:
+        for metric in Scores.__dataclass_fields__:
+            a, b = e.challenger.get(metric), e.champion.get(metric)
+            if a is None or b is None:
+                continue
+            d = (b - a) if metric in LOWER_IS_BETTER else (a - b)
+            mark = " (decides)" if metric == v.metric else ""
+            lines.append(f"{metric}{mark}: {a:.4f} vs champion v{e.champion_version} {b:.4f} ({d:+.4f} better)")
+    else:
+        lines.append(f"{v.metric}: {_fmt(v.challenger_score)} (nothing pinned before: bootstrap)")
+    if v.baseline:
+        lines.append(f"best naive baseline on {v.metric}: {v.baseline[0]} {v.baseline[1]:.4f}")
+    lines += [
+        f"run id: {e.challenger_run_id} (candidate {e.challenger_candidate})",
+        f"eval window: {e.eval_start}..{e.eval_end} ({e.eval_days} days, data {e.data_source})",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def pr_body(e: Evaluation, v: Verdict, policy: Policy) -> str:
+    n, c = e.challenger_version, e.champion_version
+    out = [
+        f"Challenger **v{n}** (candidate `{e.challenger_candidate}`) vs "
+        + (f"champion **v{c}**" if c is not None else "no champion (nothing pinned yet)")
+        + f", scored on the same window **{e.eval_start} → {e.eval_end}** ({e.eval_days} trading days, data `{e.data_source}`).",
+        "",
+        "Merging changes only `" + PIN_PATH + "`; Argo CD then rolls the service to the new version.",
+        "",
+        "### Scores on the evaluation window",
+        "",
+        f"| metric | challenger v{n} | champion {'v' + str(c) if c is not None else '—'} | Δ (better if > 0) |",
+        "|---|---|---|---|",
+    ]
+    for metric in Scores.__dataclass_fields__:
+        a = e.challenger.get(metric)
+        b = e.champion.get(metric) if e.champion is not None else None
+        d = None if a is None or b is None else ((b - a) if metric in LOWER_IS_BETTER else (a - b))
+        name = f"**{metric}** (decides)" if metric == policy.metric else metric
+        out.append(f"| {name} | {_fmt(a)} | {_fmt(b)} | {'n/a' if d is None else f'{d:+.4f}'} |")
+    if e.baselines:
+        metrics = list(Scores.__dataclass_fields__)
+        out += ["", "### Naive baselines (same window)", "", "| baseline | " + " | ".join(metrics) + " |",
+                "|---" * (len(metrics) + 1) + "|"]
+        for name, s in e.baselines.items():
+            out.append(f"| {name} | " + " | ".join(_fmt(s.get(m)) for m in metrics) + " |")
+    out += [
+        "", f"### Gate (`{POLICY_PATH}`)", "",
+        f"- metric: `{policy.metric}`; min_improvement: {policy.min_improvement}; "
+        f"min_eval_days: {policy.min_eval_days}; must_beat_baseline: {str(policy.must_beat_baseline).lower()}; "
+        f"bootstrap: {policy.bootstrap}",
+        f"- verdict: **{'PASS' if v.passed else 'FAIL'}**",
+        *[f"  - {r}" for r in v.reasons],
+        "", "### MLflow", "",
+        *[f"- {k}: {url}" for k, url in _links(e).items()],
+        "",
+    ]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- evaluation persistence (retry)
+
+def evaluation_to_json(e: Evaluation) -> str:
+    return json.dumps(asdict(e), default=str, indent=1, sort_keys=True)
+
+
+def evaluation_from_json(text: str) -> Evaluation:
+    d: dict[str, Any] = json.loads(text)
+    d["eval_start"], d["eval_end"] = date.fromisoformat(d["eval_start"]), date.fromisoformat(d["eval_end"])
+    d["challenger"] = Scores(**d["challenger"])
+    d["champion"] = Scores(**d["champion"]) if d.get("champion") else None
+    d["baselines"] = {k: Scores(**s) for k, s in (d.get("baselines") or {}).items()}
+    return Evaluation(**d)
+
+
+def _save_evaluation(c: Any, e: Evaluation) -> None:
+    try:
+        c.log_text(e.challenger_run_id, evaluation_to_json(e), EVALUATION_ARTIFACT)
+    except Exception as exc:  # provenance only: never block a proposal on it
+        log.warning("could not save %s on run %s: %s", EVALUATION_ARTIFACT, e.challenger_run_id, exc)
+
+
+def _load_evaluation(c: Any, version: int) -> Evaluation | None:
+    mv = registry.get_version(c, version)
+    if mv is None or not mv.run_id:
+        return None
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = c.download_artifacts(mv.run_id, EVALUATION_ARTIFACT, tmp)
+            return evaluation_from_json(Path(path).read_text())
+    except Exception as exc:
+        log.warning("no saved evaluation for v%s (%s); cannot retry it", version, exc)
+        return None
+
+
+# ---------------------------------------------------------------- the step
+
+def _open_pr(forge: Forge, title: str, body: str, branch: str, base: str) -> tuple[PullRequest, bool]:
+    for pr in forge.list_open_prs():
+        if pr.head == branch or pr.title == title:
+            return pr, False
+    created = forge.create_pr(title, body, branch, base)  # returns the racing run's PR on 409/422
+    return created, True
+
+
+def _supersede(c: Any, forge: Forge, version: int, pr_url: str | None, pinned: int | None) -> list[int]:
+    """Close older open promotion PRs and tag older pending versions superseded."""
+    done: set[int] = set()
+    by = f"v{version}" + (f" ({pr_url})" if pr_url else "")
+    for pr in forge.list_open_prs():
+        m = _BRANCH_RE.match(pr.head)
+        if not m or int(m.group(1)) >= version:
+            continue
+        forge.comment(pr.number, f"Superseded by {by}, which won the gate on a newer evaluation. Closing.")
+        forge.close_pr(pr.number)
+        done.add(int(m.group(1)))
+    pending = registry.versions_with_status(c, PromotionStatus.PROPOSED, PromotionStatus.PROPOSAL_FAILED)
+    done.update(n for n in pending if n < version)
+    for n in sorted(done):
+        if n != pinned and registry.get_version(c, n) is not None:
+            registry.set_status(c, n, PromotionStatus.SUPERSEDED)
+    return sorted(done - {pinned})
+
+
+def _propose(e: Evaluation, verdict: Verdict, policy: Policy, settings: PromotionSettings,
+             forge: Forge, c: Any) -> ProposalOutcome:
+    n = e.challenger_version
+    branch, title = promotion_branch(n, e.model_name), promotion_title(n, e.model_name)
+    msg = commit_message(e, verdict)
+    _save_evaluation(c, e)
+    try:
+        if verdict.bootstrap and policy.bootstrap == "commit":
+            res = gitops.commit_pin_direct(settings.remote, settings.branch, n, msg, settings.token)
+            outcome = ProposalOutcome("already_pinned" if res.already_pinned else "committed", n, verdict,
+                                      settings.branch, None, res.commit)
+            pinned = n
+        else:
+            res = gitops.push_pin_branch(settings.remote, settings.branch, branch, n, msg, settings.token)
+            if res.already_pinned:
+                return ProposalOutcome("already_pinned", n, verdict, settings.branch, None, res.commit)
+            pinned = res.base_version
+            if forge.kind == "none":
+                outcome = ProposalOutcome("branch_only", n, verdict, branch, None, res.commit)
+            else:
+                pr, created = _open_pr(forge, title, pr_body(e, verdict, policy), branch, settings.branch)
+                outcome = ProposalOutcome("proposed" if created else "reused", n, verdict, branch, pr.url, res.commit)
+        outcome.superseded = _supersede(c, forge, n, outcome.pr_url, pinned)
+    except (GitError, ForgeError, PinError) as exc:
+        try:
+            registry.set_status(c, n, PromotionStatus.PROPOSAL_FAILED)
+            marked = f"tagged {Tag.PROMOTION_STATUS.value}={PromotionStatus.PROPOSAL_FAILED.value}; the next run retries it"
+        except Exception as tag_exc:  # MLflow down as well: say so, keep the original reason first
+            marked = f"could not tag it for retry either ({tag_exc})"
+        raise ProposalError(f"proposal of {e.model_name} v{n} failed: {exc} ({marked})") from exc
+    # Even a direct bootstrap commit is only "proposed" until Argo CD (or `primer up`) runs
+    # `primer registry sync`, which is what marks a version promoted and moves the champion alias.
+    registry.set_status(c, n, PromotionStatus.PROPOSED)
+    if outcome.pr_url:
+        c.set_model_version_tag(e.model_name, str(n), Tag.PROMOTION_PR.value, outcome.pr_url)
+    c.set_registered_model_alias(e.model_name, CHALLENGER_ALIAS, str(n))
+    return outcome
+
+
+def _retry_failed(e: Evaluation, policy: Policy, settings: PromotionSettings, forge: Forge, c: Any) -> ProposalOutcome | None:
+    """Retry the newest ``proposal_failed`` version whose saved evidence is against today's champion."""
+    for n in reversed(registry.versions_with_status(c, PromotionStatus.PROPOSAL_FAILED)):
+        if n == e.challenger_version:
+            continue
+        saved = _load_evaluation(c, n)
+        if saved is None or saved.champion_version != e.champion_version:
+            continue  # the champion changed since: its comparison is stale, a newer run must win again
+        verdict = decide(saved, policy)
+        if verdict.passed:
+            log.info("retrying the failed proposal of v%s", n)
+            return _propose(saved, verdict, policy, settings, forge, c)
+    return None
+
+
+def propose_from_evaluation(evaluation: Evaluation, *, settings: PromotionSettings | None = None,
+                            policy: Policy | None = None, forge: Forge | None = None) -> ProposalOutcome:
+    """Gate ``evaluation``; when it passes, push the pin branch and open (or reuse) the PR.
+
+    Raises :class:`ProposalError` when git or the forge fails (after tagging the version for retry).
+    """
+    settings = settings or PromotionSettings.from_env()
+    policy = policy or load_policy()
+    forge = forge or forge_from_env()
+    verdict = decide(evaluation, policy)
+    c = registry.client(evaluation.tracking_uri)
+    if not verdict.passed:
+        outcome = ProposalOutcome("rejected", evaluation.challenger_version, verdict)
+        outcome.retried = _retry_failed(evaluation, policy, settings, forge, c)
+        return outcome
+    return _propose(evaluation, verdict, policy, settings, forge, c)
+
+
+__all__ = ["ProposalError", "ProposalOutcome", "PromotionSettings", "propose_from_evaluation",
+           "commit_message", "pr_body", "MODEL_NAME"]

@@ -1,0 +1,123 @@
+"""The few MLflow registry operations promotion needs (tags, aliases, existence).
+
+``promotion`` cannot import ``ml``, so these thin helpers live here. The probe
+exists because MlflowClient retries a dead server for minutes; a CLI should say
+"unreachable" after a few seconds instead.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import httpx
+
+from promotion.names import CHALLENGER_ALIAS, CHAMPION_ALIAS, MODEL_NAME, PromotionStatus, Tag
+
+DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
+
+
+class RegistryUnreachable(RuntimeError):
+    """MLflow did not answer; the message says where we looked."""
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def probe(uri: str, timeout: float = 3.0) -> None:
+    """Raise :class:`RegistryUnreachable` unless the MLflow server at ``uri`` answers its health check."""
+    if not uri.startswith(("http://", "https://")):
+        return  # file:/sqlite: stores are local: nothing to reach
+    try:
+        r = httpx.get(uri.rstrip("/") + "/health", timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise RegistryUnreachable(f"MLflow at {uri} is unreachable ({type(exc).__name__})") from exc
+    if r.status_code != 200:
+        raise RegistryUnreachable(f"MLflow at {uri} answered HTTP {r.status_code} on /health")
+
+
+def client(uri: str | None = None):  # type: ignore[no-untyped-def]
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri or tracking_uri())
+
+
+def _not_found(exc: Exception) -> bool:
+    code = getattr(exc, "error_code", "")
+    return code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or "not found" in str(exc).lower() \
+        or "does not exist" in str(exc).lower()
+
+
+def get_version(c, version: int, name: str = MODEL_NAME):  # type: ignore[no-untyped-def]
+    """The ModelVersion, or None when the model or the version does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return c.get_model_version(name, str(version))
+    except MlflowException as exc:
+        if _not_found(exc):
+            return None
+        raise
+
+
+def alias_version(c, alias: str, name: str = MODEL_NAME) -> int | None:  # type: ignore[no-untyped-def]
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return int(c.get_model_version_by_alias(name, alias).version)
+    except MlflowException as exc:
+        if _not_found(exc):
+            return None
+        raise
+
+
+def set_status(c, version: int, status: PromotionStatus, name: str = MODEL_NAME) -> None:  # type: ignore[no-untyped-def]
+    c.set_model_version_tag(name, str(version), Tag.PROMOTION_STATUS.value, status.value)
+
+
+def status_of(c, version: int, name: str = MODEL_NAME) -> str | None:  # type: ignore[no-untyped-def]
+    mv = get_version(c, version, name)
+    return None if mv is None else mv.tags.get(Tag.PROMOTION_STATUS.value)
+
+
+def versions_with_status(c, *statuses: PromotionStatus, name: str = MODEL_NAME) -> list[int]:  # type: ignore[no-untyped-def]
+    wanted = {s.value for s in statuses}
+    found = c.search_model_versions(f"name = '{name}'")
+    return sorted(int(mv.version) for mv in found if mv.tags.get(Tag.PROMOTION_STATUS.value) in wanted)
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    version: int | None
+    previous: int | None
+    changed: bool
+    message: str
+
+
+def sync_champion(c, pinned: int | None, name: str = MODEL_NAME) -> SyncResult:  # type: ignore[no-untyped-def]
+    """Make alias ``champion`` mirror the pin and tag the version promoted (idempotent)."""
+    previous = alias_version(c, CHAMPION_ALIAS, name)
+    if pinned is None:
+        return SyncResult(None, previous, False, "nothing pinned yet (version: null); champion alias left as is")
+    mv = get_version(c, pinned, name)
+    if mv is None:
+        raise LookupError(f"pinned version {pinned} does not exist in registered model {name!r}")
+    changed = False
+    if previous != pinned:
+        c.set_registered_model_alias(name, CHAMPION_ALIAS, str(pinned))
+        changed = True
+    if mv.tags.get(Tag.PROMOTION_STATUS.value) != PromotionStatus.PROMOTED.value:
+        set_status(c, pinned, PromotionStatus.PROMOTED, name)
+        changed = True
+    # The challenger alias means "proposed, not yet serving"; once pinned it is stale.
+    if alias_version(c, CHALLENGER_ALIAS, name) == pinned:
+        c.delete_registered_model_alias(name, CHALLENGER_ALIAS)
+        changed = True
+    if not changed:
+        msg = f"already in sync: alias {CHAMPION_ALIAS} = v{pinned} (promoted)"
+    elif previous is None or previous == pinned:
+        msg = f"alias {CHAMPION_ALIAS} -> v{pinned}, tagged promoted"
+    else:
+        msg = f"alias {CHAMPION_ALIAS} v{previous} -> v{pinned}, tagged promoted"
+    return SyncResult(pinned, previous, changed, msg)
