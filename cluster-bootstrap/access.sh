@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Print how to reach and log in to everything (the end of `vagrant up`).
+# Passwords are read from the cluster's Secrets: none is stored in git.
+set -euo pipefail
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
+use_admin_kubeconfig
+
+argocd_password=$(secret_value argocd argocd-initial-admin-secret password 2>/dev/null || echo "<not created yet: rerun this script>")
+gitea_user=$(secret_value gitea gitea-admin username)
+gitea_password=$(secret_value gitea gitea-admin password)
+api="http://$WORKER_IP:$SERVING_NODE_PORT/predictionForTomorrow"
+
+cat <<MSG
+
+==================================== MLOps primer lab ====================================
+ Argo CD   http://$WORKER_IP:$ARGOCD_NODE_PORT        login: admin / $argocd_password
+ Gitea     http://$WORKER_IP:$GITEA_NODE_PORT        login: $gitea_user / $gitea_password
+           repo: http://$WORKER_IP:$GITEA_NODE_PORT/$GITEA_OWNER/$GITEA_REPO (promotion PRs land here)
+ MLflow    http://$WORKER_IP:$MLFLOW_NODE_PORT        (no login)
+ API       $api
+
+ First call (answers once a promotion PR is merged in Gitea and Argo CD has synced it):
+   curl '$api'
+ Status:   vagrant ssh control-plane -c 'sudo /vagrant/cluster-bootstrap/verify.sh'
+ kubectl:  vagrant ssh control-plane, then kubectl ... (or KUBECONFIG=.cluster/admin.conf on the host)
+==========================================================================================
+MSG

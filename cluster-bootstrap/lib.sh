@@ -1,0 +1,79 @@
+# shellcheck shell=bash
+# Shared helpers for the provisioning scripts. Sourced, never executed.
+# Loads versions.env so every script sees the same pinned versions and settings.
+
+BOOTSTRAP_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(cd "$BOOTSTRAP_DIR/.." && pwd)"
+# Shared state between VMs (join command, admin kubeconfig). Gitignored.
+CLUSTER_STATE_DIR="$REPO_DIR/.cluster"
+export BOOTSTRAP_DIR REPO_DIR CLUSTER_STATE_DIR
+
+set -a
+# shellcheck source=versions.env
+. "$BOOTSTRAP_DIR/versions.env"
+set +a
+
+log() { printf '\n==> [%s] %s\n' "$(hostname)" "$*"; }
+warn() { printf 'WARNING: %s\n' "$*" >&2; }
+die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
+
+require_root() { [ "$(id -u)" -eq 0 ] || die "$0 must run as root (vagrant provisions as root; otherwise use sudo)"; }
+
+# retry N DELAY CMD...: run CMD until it succeeds, at most N times.
+retry() {
+  local attempts=$1 delay=$2 i
+  shift 2
+  for ((i = 1; i <= attempts; i++)); do
+    if "$@"; then return 0; fi
+    [ "$i" -lt "$attempts" ] && sleep "$delay"
+  done
+  return 1
+}
+
+# download URL DEST: fetch once (idempotent), failing loudly with the URL.
+download() {
+  local url=$1 dest=$2
+  [ -s "$dest" ] && return 0
+  retry 5 5 curl -fsSL --retry 3 -o "$dest.part" "$url" || die "download failed: $url"
+  mv "$dest.part" "$dest"
+}
+
+# Use the admin kubeconfig: local on the control plane, shared folder elsewhere.
+use_admin_kubeconfig() {
+  if [ -r /etc/kubernetes/admin.conf ]; then
+    export KUBECONFIG=/etc/kubernetes/admin.conf
+  elif [ -r "$CLUSTER_STATE_DIR/admin.conf" ]; then
+    export KUBECONFIG="$CLUSTER_STATE_DIR/admin.conf"
+  else
+    die "no admin kubeconfig (/etc/kubernetes/admin.conf or $CLUSTER_STATE_DIR/admin.conf): is the control plane up?"
+  fi
+}
+
+# render FILE: print FILE with ${KEY} replaced by the versions.env value of KEY.
+# A tiny envsubst limited to known keys, so YAML stays valid and nothing else is touched.
+render() {
+  local text key
+  text="$(<"$1")"
+  while IFS= read -r key; do
+    text="${text//\$\{$key\}/${!key}}"
+  done < <(sed -n 's/^\([A-Z][A-Z0-9_]*\)=.*/\1/p' "$BOOTSTRAP_DIR/versions.env")
+  if [[ "$text" =~ \$\{[A-Z][A-Z0-9_]*\} ]]; then
+    die "$1: unknown placeholder ${BASH_REMATCH[0]} (not in versions.env)"
+  fi
+  printf '%s\n' "$text"
+}
+
+# ensure_namespace NAME: create if missing (idempotent).
+ensure_namespace() {
+  kubectl create namespace "$1" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+}
+
+# secret_exists NS NAME
+secret_exists() { kubectl -n "$1" get secret "$2" >/dev/null 2>&1; }
+
+# secret_value NS NAME KEY: decoded value of one key.
+secret_value() {
+  kubectl -n "$1" get secret "$2" -o "jsonpath={.data.$3}" | base64 -d
+}
+
+random_password() { openssl rand -hex 16; }

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Runs once the (last) worker has joined: Gitea seeded with this checkout, the
+# bootstrap-only Secrets, Argo CD, and the root Application. Then Argo CD takes
+# over everything under apps/. Idempotent: existing Secrets, users and repos are
+# kept (re-running never rotates credentials or overwrites git history).
+set -euo pipefail
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
+use_admin_kubeconfig
+
+gitea_api="http://$WORKER_IP:$GITEA_NODE_PORT/api/v1"
+
+log "waiting for the nodes to be Ready"
+kubectl wait --for=condition=Ready nodes --all --timeout=600s
+
+log "namespaces"
+for ns in gitea argocd mlflow training serving; do ensure_namespace "$ns"; done
+
+log "bootstrap Secrets (random, generated once, never in git)"
+if ! secret_exists gitea gitea-admin; then
+  kubectl -n gitea create secret generic gitea-admin \
+    --from-literal=username="$GITEA_OWNER" --from-literal=password="$(random_password)" >/dev/null
+fi
+if ! secret_exists mlflow postgres-credentials; then
+  kubectl -n mlflow create secret generic postgres-credentials \
+    --from-literal=POSTGRES_USER=mlflow --from-literal=POSTGRES_DB=mlflow \
+    --from-literal=POSTGRES_PASSWORD="$(random_password)" >/dev/null
+fi
+# The replay clock starts when the lab is born (one simulated day per 5 minutes).
+if ! kubectl -n training get configmap replay-clock >/dev/null 2>&1; then
+  kubectl -n training create configmap replay-clock \
+    --from-literal=PRIMER_REPLAY_EPOCH="$(date -u +%Y-%m-%dT%H:%M:%SZ)" >/dev/null
+fi
+
+log "Gitea ($GITEA_IMAGE)"
+render "$BOOTSTRAP_DIR/manifests/gitea.yaml" | kubectl apply --server-side --force-conflicts -f - >/dev/null
+kubectl -n gitea rollout status deployment/gitea --timeout=900s
+retry 60 5 curl -fsS "$gitea_api/version" >/dev/null || die "Gitea API does not answer at $gitea_api"
+
+gitea_user=$(secret_value gitea gitea-admin username)
+gitea_password=$(secret_value gitea gitea-admin password)
+gitea_cli() { kubectl -n gitea exec deploy/gitea -c gitea -- gitea "$@"; }
+
+if ! gitea_cli admin user list --admin | awk 'NR > 1 {print $2}' | grep -qx "$gitea_user"; then
+  log "Gitea admin user $gitea_user"
+  gitea_cli admin user create --admin --username "$gitea_user" --password "$gitea_password" \
+    --email "$gitea_user@primer.lab" --must-change-password=false >/dev/null
+fi
+
+repo_api="$gitea_api/repos/$GITEA_OWNER/$GITEA_REPO"
+if ! curl -fsS -u "$gitea_user:$gitea_password" "$repo_api" >/dev/null 2>&1; then
+  log "Gitea repository $GITEA_OWNER/$GITEA_REPO"
+  curl -fsS -u "$gitea_user:$gitea_password" -H 'Content-Type: application/json' \
+    -d "{\"name\":\"$GITEA_REPO\",\"private\":true,\"default_branch\":\"main\",\"auto_init\":false}" \
+    "$gitea_api/user/repos" >/dev/null || die "could not create repository $GITEA_OWNER/$GITEA_REPO in Gitea"
+fi
+
+# Seed only an empty repository: later commits (promotions, rollbacks) live in Gitea.
+if ! curl -fsS -u "$gitea_user:$gitea_password" "$repo_api/branches/main" >/dev/null 2>&1; then
+  log "seeding Gitea with this checkout (HEAD of $REPO_DIR -> main)"
+  seed=$(mktemp -d)
+  trap 'rm -rf "$seed"' EXIT
+  if git -c safe.directory="$REPO_DIR" -C "$REPO_DIR" rev-parse --verify HEAD >/dev/null 2>&1; then
+    git -c safe.directory="$REPO_DIR" clone --quiet --no-hardlinks "$REPO_DIR" "$seed/repo"
+  else
+    # Not a git checkout (e.g. a downloaded archive): snapshot the files.
+    cp -a "$REPO_DIR/." "$seed/repo"
+    rm -rf "$seed/repo/.cluster"
+    git -C "$seed/repo" init --quiet -b main
+    git -C "$seed/repo" add -A
+    git -C "$seed/repo" -c user.name=primer-bootstrap -c user.email=bootstrap@primer.lab \
+      commit --quiet -m "Seed from the checkout"
+  fi
+  git -C "$seed/repo" push --quiet \
+    "http://$gitea_user:$gitea_password@$WORKER_IP:$GITEA_NODE_PORT/$GITEA_OWNER/$GITEA_REPO.git" \
+    HEAD:refs/heads/main || die "git push to Gitea failed"
+fi
+
+new_token() {  # new_token NAME SCOPES -> prints the token
+  gitea_cli admin user generate-access-token --username "$gitea_user" \
+    --token-name "$1-$(date +%s)" --scopes "$2" --raw | tr -d '[:space:]'
+}
+if ! secret_exists training primer-forge; then
+  log "trainer access token -> Secret training/primer-forge"
+  kubectl -n training create secret generic primer-forge \
+    --from-literal=PRIMER_FORGE_TOKEN="$(new_token trainer write:repository,write:issue,read:user)" >/dev/null
+fi
+if ! secret_exists argocd repo-gitea; then
+  log "Argo CD repository Secret (read-only token)"
+  kubectl -n argocd create secret generic repo-gitea \
+    --from-literal=type=git --from-literal=url="$GITEA_REPO_URL" \
+    --from-literal=username="$gitea_user" \
+    --from-literal=password="$(new_token argocd read:repository)" >/dev/null
+  kubectl -n argocd label secret repo-gitea argocd.argoproj.io/secret-type=repository >/dev/null
+fi
+
+log "Argo CD $ARGOCD_VERSION"
+kubectl apply -n argocd --server-side --force-conflicts -f "$ARGOCD_INSTALL_URL" >/dev/null
+# Our keys only (own field manager): re-applying install.yaml leaves them alone.
+kubectl apply --server-side --force-conflicts --field-manager=primer-bootstrap \
+  -f "$BOOTSTRAP_DIR/manifests/argocd-cm.yaml" -f "$BOOTSTRAP_DIR/manifests/argocd-cmd-params-cm.yaml" >/dev/null
+render "$BOOTSTRAP_DIR/manifests/argocd-server-service.yaml" \
+  | kubectl apply --server-side --force-conflicts --field-manager=primer-bootstrap -f - >/dev/null
+# argocd-cm is watched live; server.insecure (cmd-params) is read at start only.
+kubectl -n argocd rollout restart deployment/argocd-server >/dev/null
+kubectl -n argocd rollout status deployment/argocd-server --timeout=900s
+kubectl -n argocd rollout status deployment/argocd-repo-server --timeout=900s
+kubectl -n argocd rollout status statefulset/argocd-application-controller --timeout=900s
+
+log "root Application (app of apps: apps/root)"
+render "$BOOTSTRAP_DIR/manifests/root-application.yaml" | kubectl apply --server-side --force-conflicts -f - >/dev/null
+
+log "first training run as soon as the training app is synced"
+for _ in $(seq 1 90); do
+  kubectl -n training get cronjob primer-train >/dev/null 2>&1 && break
+  sleep 10
+done
+if ! kubectl -n training get cronjob primer-train >/dev/null 2>&1; then
+  warn "training CronJob not synced yet; the schedule will start training (check: cluster-bootstrap/verify.sh)"
+elif [ -z "$(kubectl -n training get jobs -o name)" ]; then
+  kubectl -n training create job --from=cronjob/primer-train "primer-train-first-$(date +%s)" >/dev/null
+fi
+log "platform bootstrapped; Argo CD now reconciles apps/ from Gitea"
