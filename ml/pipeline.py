@@ -161,9 +161,9 @@ def _load_window(config: PipelineConfig, echo: Echo) -> tuple[pd.DataFrame, date
         end = min(today, clock.load_until(config.now))
     else:
         end = today
-    # Enough calendar days for warm-up + training + evaluation rows, with room for holidays.
-    rows_needed = config.train_rows + config.eval_days + WARMUP_ROWS
-    start = end - timedelta(days=math.ceil(rows_needed * 365.25 / TRADING_DAYS_PER_YEAR) + 60)
+    span = _calendar_span(config)
+    # Only Yahoo is asked for less: files and the generator are cheap to read whole.
+    start = end - span if data_mod.parse_spec(config.source).kind == "yfinance" else None
     try:
         prices = data_mod.load_prices(config.source, start=start, end=end)
     except data_mod.DataSourceError as exc:
@@ -175,7 +175,19 @@ def _load_window(config: PipelineConfig, echo: Echo) -> tuple[pd.DataFrame, date
              f"{clock.epoch.isoformat()} from {clock.start} -> anchor {anchor}")
         prices = prices.loc[~(prices["date"] > pd.Timestamp(anchor))].reset_index(drop=True)
         end = anchor
+    # Keep the bars within reach of the training + evaluation windows, measured back from the
+    # last bar (not from `end`), so stale data still reaches validation and fails "freshness".
+    if "date" in prices.columns and len(prices):
+        dates = pd.to_datetime(prices["date"], errors="coerce")
+        if dates.notna().any():
+            prices = prices.loc[~(dates < dates.max() - span)].reset_index(drop=True)
     return prices, end, config.anchor is not None
+
+
+def _calendar_span(config: PipelineConfig) -> timedelta:
+    """Calendar days holding warm-up + training + evaluation rows, with room for holidays."""
+    rows_needed = config.train_rows + config.eval_days + WARMUP_ROWS
+    return timedelta(days=math.ceil(rows_needed * 365.25 / TRADING_DAYS_PER_YEAR) + 60)
 
 
 def prepare_data(config: PipelineConfig, echo: Echo = print) -> tuple[pd.DataFrame, date]:

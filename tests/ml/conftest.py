@@ -1,0 +1,114 @@
+"""Fixtures for the pipeline tests.
+
+- Every test runs with a clean PRIMER_* environment and a temporary pin file,
+  so the repository's own pin and the developer's shell never leak in.
+- ``fresh_mlflow`` starts a real MLflow server of its own (SQLite or
+  PostgreSQL backend) for tests that need exact version numbers: the model
+  name ``spy-direction`` is fixed, so a shared server would hold other
+  suites' versions.
+- ``train`` runs the real ``primer train`` CLI in-process (click's CliRunner).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner, Result
+
+from ml.cli import main
+from ml.data import synthetic_prices
+from ml.servers import free_port, start_mlflow_server, stop_process
+from tests.conftest import MlflowServer
+from tests.pg import Postgres
+
+PRIMER_VARS = (
+    "PRIMER_DATA_SOURCE", "PRIMER_SYNTHETIC_SEED", "PRIMER_MODE", "PRIMER_REPLAY_START",
+    "PRIMER_REPLAY_EPOCH", "PRIMER_REPLAY_INTERVAL_SECONDS", "PRIMER_EVAL_DAYS", "PRIMER_TRAIN_YEARS",
+    "PRIMER_CANDIDATES_FILE", "PRIMER_PIN_FILE", "PRIMER_REPO_DIR",
+)
+# A small grid keeps the integration tests quick; the packaged grid is tested in test_train.py.
+FAST_GRID = """\
+select_by: log_loss
+candidates:
+  - {name: rf_small, family: random_forest, params: {n_estimators: 10, max_depth: 3}}
+  - {name: logreg, family: logistic_regression, params: {C: 1.0}}
+"""
+ANCHOR = date(2024, 6, 28)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    for name in PRIMER_VARS:
+        monkeypatch.delenv(name, raising=False)
+    pin = tmp_path / "model-version.yaml"
+    pin.write_text("model: spy-direction\nversion: null\n")
+    monkeypatch.setenv("PRIMER_PIN_FILE", str(pin))
+    return pin
+
+
+@pytest.fixture
+def fast_grid(tmp_path: Path) -> Path:
+    path = tmp_path / "grid.yaml"
+    path.write_text(FAST_GRID)
+    return path
+
+
+@pytest.fixture(scope="session")
+def market() -> pd.DataFrame:
+    """Synthetic daily bars up to ANCHOR (seed 7), shared read-only."""
+    return synthetic_prices(seed=7, end=ANCHOR)
+
+
+def write_csv(frame: pd.DataFrame, path: Path, upper: bool = True) -> Path:
+    out = frame.copy()
+    if "date" in out.columns and pd.api.types.is_datetime64_any_dtype(out["date"]):
+        out["date"] = out["date"].dt.strftime("%Y-%m-%d")
+    if upper:  # as Yahoo exports them: Date, Open, ...
+        out.columns = [str(c).capitalize() for c in out.columns]
+    out.to_csv(path, index=False)
+    return path
+
+
+@dataclass
+class Trainer:
+    uri: str
+    pin: Path
+
+    def __call__(self, *args: str, env: dict[str, str] | None = None) -> Result:
+        runner = CliRunner()
+        full_env = {"MLFLOW_TRACKING_URI": self.uri, **(env or {})}
+        return runner.invoke(main, ["train", *args], env=full_env, catch_exceptions=False)
+
+    def pin_version(self, version: int | None) -> None:
+        self.pin.write_text(f"model: spy-direction\nversion: {'null' if version is None else version}\n")
+
+
+_db_counter = itertools.count()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def fresh_mlflow(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real MLflow server with an empty registry, per test module and backend."""
+    root = tmp_path_factory.mktemp(f"fresh-mlflow-{request.param}")
+    if request.param == "sqlite":
+        backend = f"sqlite:///{root / 'mlflow.db'}"
+    else:
+        pg: Postgres = request.getfixturevalue("postgres")
+        backend = pg.createdb(f"mlflow_ml_{next(_db_counter)}_{free_port()}")
+    port = free_port()
+    proc = start_mlflow_server(backend, root / "artifacts", port, root / "mlflow.log")
+    try:
+        yield MlflowServer(uri=f"http://127.0.0.1:{port}", backend=request.param, root=root)
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture
+def trainer_factory(clean_env: Path) -> Callable[[str], Trainer]:
+    return lambda uri: Trainer(uri=uri, pin=clean_env)
