@@ -33,12 +33,19 @@ from promotion.names import CHAMPION_ALIAS, MODEL_NAME
 DEFAULT_THRESHOLD = 0.5
 MAX_ROWS = 1000
 
-# One typed, validated field per feature: finite floats only (NaN/inf would make
-# the forest's answer meaningless), unknown fields rejected.
+# Features are returns and ratios: real values are far below 1. The bound keeps
+# them inside float32 (sklearn trees cast to it) so garbage gets a 400, not a 500.
+FEATURE_BOUND = 1e6
+
+# One typed, validated field per feature: finite, bounded floats (NaN/inf would make
+# the model's answer meaningless), unknown fields rejected.
 FeatureRow: type[BaseModel] = create_model(
     "FeatureRow",
     __config__=ConfigDict(extra="forbid"),
-    **{name: (Annotated[float, Field(allow_inf_nan=False)], ...) for name in FEATURE_COLUMNS},
+    **{
+        name: (Annotated[float, Field(allow_inf_nan=False, ge=-FEATURE_BOUND, le=FEATURE_BOUND)], ...)
+        for name in FEATURE_COLUMNS
+    },
 )
 
 
@@ -91,6 +98,29 @@ async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONRespo
         status_code=422,
         content={"error": f"invalid parameter {', '.join(names)}: {first}", "detail": json.loads(json.dumps(errors, default=str))},
     )
+
+
+class JsonOnlyPredict:
+    """ASGI middleware: ``POST /predict`` takes JSON only.
+
+    BentoML would try other body parsers and answer a malformed Content-Type
+    (e.g. multipart without a boundary) with a 500; a client error deserves a 415.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].rstrip("/") == "/predict":
+            ctype = dict(scope.get("headers") or ()).get(b"content-type", b"").split(b";")[0].strip().lower()
+            if ctype != b"application/json":
+                response = JSONResponse(
+                    status_code=415,
+                    content={"error": f"POST /predict needs Content-Type: application/json, got {ctype.decode('latin-1')!r}"},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _unavailable(runtime: Runtime) -> JSONResponse:
@@ -180,3 +210,6 @@ class PrimerService:
             raise InternalServerError("model returned a non-finite probability")
         self.predictions.labels(str(model.version), "predict").inc(len(probs))
         return probs
+
+
+PrimerService.add_asgi_middleware(JsonOnlyPredict)

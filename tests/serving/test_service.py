@@ -1,0 +1,301 @@
+"""The BentoML service over HTTP: real MLflow, models from the real pipeline, real `bentoml serve`.
+
+The tests in this module share one service and run in file order: it starts with
+nothing pinned, then the tests pin, re-pin and break the pin through the file.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from ml.servers import _bin, stop_process
+from promotion.names import MODEL_NAME
+from tests.serving.conftest import REPO_ROOT, Registered, Service, start_service, write_pin
+
+PREDICTION_KEYS = {
+    "prediction": str, "confidence": float, "threshold": float, "model_source": str, "model_alias": str,
+    "model_name": str, "model_version": str, "as_of": str, "stale": bool,
+}
+ROW = {
+    "ret_1": 0.004, "ma3_ratio": 0.002, "ma5_ratio": 0.003, "vol_3": 0.008, "ret_5": 0.01,
+    "ma20_ratio": 0.02, "vol_10": 0.009, "range_pct": 0.012, "volume_ratio": -0.1,
+}
+
+
+def _tomorrow_row() -> tuple[object, date]:
+    """Tomorrow's row as the service should compute it (synthetic source, same window)."""
+    from bentos.runtime import LOOKBACK_DAYS
+    from ml.data import load_prices
+    from ml.features import tomorrow_row
+
+    today = datetime.now(UTC).date()
+    return tomorrow_row(load_prices("synthetic", start=today - timedelta(days=LOOKBACK_DAYS), end=today))
+
+
+def _p_up(model: object, frame: object) -> list[float]:
+    classes = list(model.classes_)  # type: ignore[attr-defined]
+    return [float(p) for p in model.predict_proba(frame)[:, classes.index(1)]]  # type: ignore[attr-defined]
+
+
+# -- nothing pinned yet ----------------------------------------------------------------
+
+def test_alive_but_not_ready_before_a_pin(service: Service) -> None:
+    assert service.get("/livez").status_code == 200
+    assert service.get("/readyz").status_code == 503
+    r = service.get("/predictionForTomorrow", params={"threshold": 0.3})
+    assert r.status_code == 503
+    assert "nothing pinned" in r.json()["error"]
+    assert service.post("/predict", json={"rows": [ROW]}).status_code == 503
+    info = service.model()
+    assert info["ready"] is False and info["model_version"] is None
+    assert "nothing pinned" in info["last_error"]
+    assert info["pin_source"] == str(service.pin)
+
+
+# -- pinned ------------------------------------------------------------------------------
+
+def test_ready_once_the_pinned_version_is_loaded(service: Service, registered: Registered) -> None:
+    from mlflow import MlflowClient
+
+    write_pin(service.pin, registered.first)
+    info = service.wait_model(lambda i: i["ready"], what=f"v{registered.first} to load")
+    assert service.get("/readyz").status_code == 200
+    mv = MlflowClient(tracking_uri=registered.uri).get_model_version(MODEL_NAME, str(registered.first))
+    assert info["model_version"] == str(registered.first)
+    assert info["run_id"] == mv.run_id
+    assert info["last_error"] is None
+    assert {"accuracy", "balanced_accuracy", "roc_auc", "log_loss", "brier"} <= set(info["metrics"])
+    datetime.fromisoformat(info["loaded_at"])
+
+
+def test_prediction_keys_types_and_value(service: Service, registered: Registered, local_model: object) -> None:
+    # Fresh synthetic features arrive within a second of start; wait for them, not for a fallback.
+    service.wait_model(lambda i: i["stale"] is False and i["model_version"] == str(registered.first), what="fresh features")
+    r = service.get("/predictionForTomorrow", params={"threshold": "0.3"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == set(PREDICTION_KEYS)
+    for key, typ in PREDICTION_KEYS.items():
+        assert type(body[key]) is typ, (key, body[key])
+    assert body["model_source"] == "mlflow" and body["model_alias"] == "champion"
+    assert body["model_name"] == MODEL_NAME and body["model_version"] == str(registered.first)
+    assert body["threshold"] == 0.3 and body["stale"] is False
+    assert body["prediction"] == ("UP" if body["confidence"] >= 0.3 else "DOWN")
+    # The confidence is the model's real P(up) on tomorrow's row, not a placeholder.
+    frame, as_of = _tomorrow_row()
+    assert body["as_of"] == as_of.isoformat()
+    assert body["confidence"] == pytest.approx(_p_up(local_model, frame)[0], abs=1e-9)
+    assert 0.0 <= body["confidence"] <= 1.0
+
+
+def test_threshold_flips_the_direction(service: Service) -> None:
+    def ask(threshold: float | None) -> dict:
+        r = service.get("/predictionForTomorrow", params={} if threshold is None else {"threshold": threshold})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    conf = ask(0.0)["confidence"]
+    assert ask(0.0)["prediction"] == "UP"
+    assert ask(1.0)["prediction"] == ("UP" if conf == 1.0 else "DOWN")
+    assert ask(conf)["prediction"] == "UP"  # documented: UP iff confidence >= threshold
+    if conf < 1.0:
+        assert ask(min(1.0, conf + 1e-6))["prediction"] == "DOWN"
+    default = ask(None)
+    assert default["threshold"] == 0.5
+    assert default["prediction"] == ("UP" if conf >= 0.5 else "DOWN")
+
+
+@pytest.mark.parametrize("bad", ["abc", "NaN", "nan", "inf", "-inf", "-0.1", "1.5", "", "0.5x", "1e309"])
+def test_bad_threshold_is_a_4xx_naming_the_parameter(service: Service, bad: str) -> None:
+    r = service.get("/predictionForTomorrow", params={"threshold": bad})
+    assert 400 <= r.status_code < 500, (bad, r.status_code, r.text)
+    assert r.headers["content-type"].startswith("application/json")
+    assert "threshold" in r.json()["error"]
+
+
+def test_predict_api_returns_p_up_per_row(service: Service, local_model: object) -> None:
+    import pandas as pd
+
+    from ml.features import FEATURE_COLUMNS
+
+    rows = [ROW, {**ROW, "ret_1": -0.03, "vol_10": 0.03}]
+    r = service.post("/predict", json={"rows": rows})
+    assert r.status_code == 200, r.text
+    expected = _p_up(local_model, pd.DataFrame(rows, columns=list(FEATURE_COLUMNS)))
+    assert r.json() == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"rows": []},
+        {"rows": [{k: v for k, v in ROW.items() if k != "ret_1"}]},
+        {"rows": [{**ROW, "extra": 1.0}]},
+        {"rows": [{**ROW, "ret_1": "NaN"}]},
+        {"rows": [{**ROW, "ret_1": "text"}]},
+        {"rows": [{**ROW, "ret_1": 1e300}]},
+        {"rows": ROW},
+        {},
+    ],
+    ids=["empty", "missing-field", "extra-field", "nan", "text", "huge", "not-a-list", "no-rows"],
+)
+def test_predict_api_rejects_invalid_rows(service: Service, payload: dict) -> None:
+    r = service.post("/predict", json=payload)
+    assert r.status_code == 400, (payload, r.status_code, r.text)
+
+
+def test_predict_api_needs_json(service: Service) -> None:
+    r = service.post("/predict", content=b'{"rows": []}', headers={"content-type": "multipart/form-data"})
+    assert r.status_code == 415
+
+
+def test_metrics_count_predictions_by_version(service: Service, registered: Registered) -> None:
+    def count() -> float:
+        text = service.get("/metrics").text
+        m = re.search(
+            rf'primer_predictions_total{{model_version="{registered.first}",route="predictionForTomorrow"}} ([0-9.e+]+)', text
+        )
+        return float(m.group(1)) if m else 0.0
+
+    before = count()
+    for _ in range(3):
+        assert service.get("/predictionForTomorrow").status_code == 200
+    assert count() == before + 3
+    assert "bentoml_service_request_total" in service.get("/metrics").text
+
+
+# -- pin changes -------------------------------------------------------------------------
+
+def test_pin_change_serves_the_new_version_without_restart(service: Service, registered: Registered) -> None:
+    pid = service.proc.pid
+    write_pin(service.pin, registered.second)
+    info = service.wait_model(lambda i: i["model_version"] == str(registered.second), what=f"swap to v{registered.second}")
+    assert info["ready"] is True and info["last_error"] is None
+    assert service.proc.poll() is None and service.proc.pid == pid
+    body = service.get("/predictionForTomorrow").json()
+    assert body["model_version"] == str(registered.second)
+
+
+@pytest.mark.parametrize(
+    ("pin_text", "reported"),
+    [
+        ("model: spy-direction\nversion: [1, 2\n", "YAML syntax error"),
+        ("model: spy-direction\nversion: 1\nextra: true\n", "unknown key"),
+        ("model: other-model\nversion: 1\n", "field 'model'"),
+        ("model: spy-direction\nversion: 9999\n", "spy-direction/9999"),
+    ],
+    ids=["garbage-yaml", "unknown-key", "wrong-model", "missing-version"],
+)
+def test_bad_pin_keeps_the_old_version_serving(
+    service: Service, registered: Registered, pin_text: str, reported: str
+) -> None:
+    serving = str(registered.second)
+    write_pin(service.pin, registered.second)
+    service.wait_model(lambda i: i["model_version"] == serving and i["last_error"] is None, what="a clean state")
+    write_pin(service.pin, pin_text)
+    info = service.wait_model(lambda i: reported in (i["last_error"] or ""), what=f"{reported!r} in last_error")
+    assert info["ready"] is True and info["model_version"] == serving
+    assert f"still serving version {serving}" in info["last_error"]
+    assert service.get("/readyz").status_code == 200
+    r = service.get("/predictionForTomorrow")
+    assert r.status_code == 200 and r.json()["model_version"] == serving
+    assert reported in service.log_tail(100_000)  # the logs say why, too
+    # Back to a good pin: the error clears.
+    write_pin(service.pin, registered.second)
+    service.wait_model(lambda i: i["last_error"] is None, what="the error to clear")
+
+
+def test_fuzz_openapi_schema_no_server_errors(service: Service, registered: Registered, tmp_path: Path) -> None:
+    """schemathesis over every operation of /docs.json (with a model loaded): >= 500 cases, no 5xx."""
+    write_pin(service.pin, registered.second)
+    service.wait_model(lambda i: i["ready"] and i["last_error"] is None, what="a loaded model")
+    res = subprocess.run(
+        [
+            _bin("st"), "run", f"{service.url}/docs.json",
+            "--checks", "not_a_server_error",
+            "--phases", "examples,coverage,fuzzing",
+            "--max-examples", "150",
+            "--workers", "2",
+            "--seed", "20261126",
+            "--no-color",
+        ],
+        cwd=tmp_path, capture_output=True, text=True, timeout=180,
+    )
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-6000:]
+    m = re.search(r"(\d+) generated", out)
+    assert m, out[-3000:]
+    assert int(m.group(1)) >= 500, out[-3000:]
+
+
+# -- other configurations: their own short-lived service ---------------------------------
+
+def test_stale_fallback_when_fresh_data_cannot_be_had(registered: Registered, tmp_path: Path) -> None:
+    """A data source that fails: the row stored with the model at training time answers, marked stale."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from ml.registry import latest_features
+
+    mlflow.set_tracking_uri(registered.uri)
+    svc = start_service(tmp_path, registered.uri, registered.first, PRIMER_DATA_SOURCE=f"csv:{tmp_path / 'missing.csv'}")
+    try:
+        info = svc.wait_model(lambda i: i["ready"] and i["feature_error"], what="a failed fetch")
+        run_id = MlflowClient(tracking_uri=registered.uri).get_model_version(MODEL_NAME, str(registered.first)).run_id
+        stored = latest_features(run_id)
+        assert info["stale"] is True
+        body = svc.get("/predictionForTomorrow").json()
+        assert body["stale"] is True and body["as_of"] == stored["as_of"]
+        assert math.isfinite(body["confidence"])
+    finally:
+        stop_process(svc.proc)
+
+
+def test_mlflow_unreachable_stays_alive_not_ready(registered: Registered, tmp_path: Path) -> None:
+    from ml.servers import free_port
+
+    svc = start_service(tmp_path, f"http://127.0.0.1:{free_port()}", registered.first)
+    try:
+        info = svc.wait_model(lambda i: i["last_error"] and "failed" in i["last_error"], what="a load failure")
+        assert info["ready"] is False and info["model_version"] is None
+        assert "retrying" in info["last_error"]
+        assert svc.get("/livez").status_code == 200
+        assert svc.get("/readyz").status_code == 503
+        assert svc.get("/predictionForTomorrow").status_code == 503
+    finally:
+        stop_process(svc.proc)
+
+
+def test_primer_serve_answers_the_seed_curl(registered: Registered, tmp_path: Path) -> None:
+    """`primer serve` (the CLI) starts the same service; the seed's curl gets every key."""
+    import httpx
+
+    from ml.servers import free_port, wait_http
+
+    pin = tmp_path / "pin.yaml"
+    write_pin(pin, registered.first)
+    port = free_port()
+    env = {
+        **__import__("os").environ, "MLFLOW_TRACKING_URI": registered.uri, "PRIMER_PIN_FILE": str(pin),
+        "PRIMER_DATA_SOURCE": "synthetic", "BENTOML_HOME": str(tmp_path / "bentoml-home"),
+    }
+    log = tmp_path / "serve.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [_bin("primer"), "serve", "--port", str(port)], cwd=REPO_ROOT, env=env,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/readyz", 60, proc, log)
+        r = httpx.get(f"http://127.0.0.1:{port}/predictionForTomorrow?threshold=0.3", timeout=10)
+        assert r.status_code == 200, r.text
+        assert set(r.json()) == set(PREDICTION_KEYS)
+        assert r.json()["model_version"] == str(registered.first)
+    finally:
+        stop_process(proc)
