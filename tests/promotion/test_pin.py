@@ -107,3 +107,16 @@ def test_pin_check_registry_unreachable(tmp_path: Path, offline: None) -> None:
 def test_the_repository_pin_is_valid() -> None:
     pin = read_pin(Path(__file__).resolve().parents[2] / "promotion" / "model-version.yaml")
     assert pin.model == "spy-direction"
+
+
+def test_primer_console_script_runs_pin_check(tmp_path: Path, offline: None) -> None:
+    """The commands are registered on the real `primer` entry point."""
+    import os
+    import subprocess
+    import sys
+
+    f = tmp_path / "pin.yaml"
+    f.write_text("model: spy-direction\nversion: 2\nowner: me\n")
+    primer = Path(sys.executable).with_name("primer")
+    r = subprocess.run([str(primer), "pin", "check", str(f)], capture_output=True, text=True, env=os.environ, timeout=120)
+    assert r.returncode == 1 and "unknown key(s) owner" in r.stderr

@@ -1,0 +1,209 @@
+"""Proposal failure modes, idempotency and concurrency (real git + real MLflow + stand-in forge)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from ml.servers import free_port
+from promotion.cli import COMMANDS
+from promotion.names import MODEL_NAME, PIN_PATH, PromotionStatus, Tag, promotion_branch
+from promotion.pin import parse_pin, render_pin
+from promotion.propose import ProposalError, ProposalOutcome, propose_from_evaluation
+from tests.promotion.conftest import Registry, Repos, git, make_evaluation, use_forge
+from tests.promotion.fakeforge import FakeForge
+
+CLI = click.Group("primer", commands=list(COMMANDS))
+Versions = Callable[[], tuple[int, str]]
+
+
+def status_of(reg: Registry, v: int) -> str:
+    return MlflowClient(reg.uri).get_model_version(MODEL_NAME, str(v)).tags[Tag.PROMOTION_STATUS]
+
+
+def pin_main(repos: Repos, version: int) -> None:
+    """Commit a pin on the remote's main (as if v<version> had been promoted earlier)."""
+    (repos.work / PIN_PATH).write_text(render_pin((repos.work / PIN_PATH).read_text(), version))
+    git("commit", "-q", "-am", f"Promote spy-direction to v{version}", cwd=repos.work)
+    git("push", "-q", "origin", "main", cwd=repos.work)
+
+
+def remote_branches(repos: Repos) -> list[str]:
+    return git("for-each-ref", "--format=%(refname:short)", "refs/heads", cwd=repos.remote).split()
+
+
+def test_gate_failure_changes_nothing(promo_env: Repos, promo_mlflow: Registry, new_version: Versions) -> None:
+    champ, _ = new_version()
+    v, run_id = new_version()
+    pin_main(promo_env, champ)
+    out = propose_from_evaluation(make_evaluation(promo_mlflow, v, run_id, 0.555, champion=(champ, 0.55)))
+    assert out.status == "rejected" and "< min_improvement 0.01" in out.message
+    assert status_of(promo_mlflow, v) == PromotionStatus.CANDIDATE
+    assert remote_branches(promo_env) == ["main"]
+
+
+def test_no_forge_pushes_the_branch_only(promo_env: Repos, promo_mlflow: Registry, new_version: Versions) -> None:
+    champ, _ = new_version()
+    v, run_id = new_version()
+    pin_main(promo_env, champ)
+    e = make_evaluation(promo_mlflow, v, run_id, 0.6, champion=(champ, 0.5))
+    out = propose_from_evaluation(e)
+    assert out.status == "branch_only" and out.pr_url is None
+    assert promotion_branch(v) in remote_branches(promo_env)
+    assert status_of(promo_mlflow, v) == PromotionStatus.PROPOSED
+    assert propose_from_evaluation(e).status == "branch_only"  # the existing branch is reused
+    assert git("rev-list", "--count", f"main..{promotion_branch(v)}", cwd=promo_env.remote) == "1"
+
+
+def test_forge_down_then_up(promo_env: Repos, promo_mlflow: Registry, new_version: Versions, gitea: FakeForge,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    champ, _ = new_version()
+    v, run_id = new_version()
+    pin_main(promo_env, champ)
+    e = make_evaluation(promo_mlflow, v, run_id, 0.6, champion=(champ, 0.5))
+    use_forge(monkeypatch, gitea)
+    monkeypatch.setenv("PRIMER_FORGE_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    with pytest.raises(ProposalError, match="unreachable") as err:
+        propose_from_evaluation(e)
+    assert "proposal_failed" in str(err.value)
+    assert status_of(promo_mlflow, v) == PromotionStatus.PROPOSAL_FAILED
+    assert MlflowClient(promo_mlflow.uri).get_model_version(MODEL_NAME, str(v)) is not None  # kept
+    monkeypatch.setenv("PRIMER_FORGE_URL", gitea.url)
+    out = propose_from_evaluation(e)  # re-running the same step completes it
+    assert out.status == "proposed" and len(gitea.prs) == 1
+    assert status_of(promo_mlflow, v) == PromotionStatus.PROPOSED
+
+
+def test_unauthorized(promo_env: Repos, promo_mlflow: Registry, new_version: Versions, fake_forge: FakeForge,
+                      monkeypatch: pytest.MonkeyPatch) -> None:
+    champ, _ = new_version()
+    v, run_id = new_version()
+    pin_main(promo_env, champ)
+    use_forge(monkeypatch, fake_forge, token="expired-token")
+    with pytest.raises(ProposalError, match="HTTP 401") as err:
+        propose_from_evaluation(make_evaluation(promo_mlflow, v, run_id, 0.6, champion=(champ, 0.5)))
+    assert "expired-token" not in str(err.value)
+    assert status_of(promo_mlflow, v) == PromotionStatus.PROPOSAL_FAILED
+    assert fake_forge.prs == []
+
+
+def test_pr_already_exists_answer_is_reused(promo_env: Repos, promo_mlflow: Registry, new_version: Versions,
+                                            fake_forge: FakeForge, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another run's PR exists but our list did not see it yet: 409 (Gitea) / 422 (GitHub) -> reuse it."""
+    champ, _ = new_version()
+    v, run_id = new_version()
+    pin_main(promo_env, champ)
+    use_forge(monkeypatch, fake_forge)
+    e = make_evaluation(promo_mlflow, v, run_id, 0.6, champion=(champ, 0.5))
+    first = propose_from_evaluation(e)
+    fake_forge.stale_lists = 1
+    second = propose_from_evaluation(e)
+    assert second.pr_url == first.pr_url and len(fake_forge.prs) == 1
+    creates = [r for r in fake_forge.requests if r.method == "POST" and r.path.endswith("/pulls")]
+    assert len(creates) == 2  # the second create got 409/422 and was resolved by listing
+
+
+def test_push_rejected_then_retried_by_the_next_run(promo_env: Repos, promo_mlflow: Registry, new_version: Versions,
+                                                    gitea: FakeForge, monkeypatch: pytest.MonkeyPatch) -> None:
+    champ, _ = new_version()
+    v, run_id = new_version()
+    pin_main(promo_env, champ)
+    use_forge(monkeypatch, gitea)
+    hook = promo_env.remote / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\necho 'pushes are frozen' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    with pytest.raises(ProposalError, match="pushes are frozen"):
+        propose_from_evaluation(make_evaluation(promo_mlflow, v, run_id, 0.6, champion=(champ, 0.5)))
+    assert status_of(promo_mlflow, v) == PromotionStatus.PROPOSAL_FAILED
+    assert remote_branches(promo_env) == ["main"] and gitea.prs == []
+    hook.unlink()
+    # The next run's own challenger loses the gate, so the run retries the failed proposal instead.
+    w, run_w = new_version()
+    out = propose_from_evaluation(make_evaluation(promo_mlflow, w, run_w, 0.50, champion=(champ, 0.5)))
+    assert out.status == "rejected" and out.retried is not None
+    assert out.retried.status == "proposed" and out.retried.version == v
+    assert [p["head"]["ref"] for p in gitea.open_prs()] == [promotion_branch(v)]
+    assert status_of(promo_mlflow, v) == PromotionStatus.PROPOSED
+    assert status_of(promo_mlflow, w) == PromotionStatus.CANDIDATE
+
+
+def test_two_runs_racing_open_one_pr(promo_env: Repos, promo_mlflow: Registry, new_version: Versions,
+                                     fake_forge: FakeForge, monkeypatch: pytest.MonkeyPatch) -> None:
+    champ, _ = new_version()
+    v, run_id = new_version()
+    pin_main(promo_env, champ)
+    use_forge(monkeypatch, fake_forge)
+    e = make_evaluation(promo_mlflow, v, run_id, 0.6, champion=(champ, 0.5))
+    start = threading.Barrier(2)
+    results: list[ProposalOutcome | BaseException] = []
+
+    def go() -> None:
+        start.wait()
+        try:
+            results.append(propose_from_evaluation(e))
+        except BaseException as exc:  # surfaced by the assertion below
+            results.append(exc)
+
+    threads = [threading.Thread(target=go) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert all(isinstance(r, ProposalOutcome) for r in results), results
+    assert len(fake_forge.prs) == 1
+    assert {r.pr_url for r in results} == {fake_forge.prs[0]["html_url"]}  # type: ignore[union-attr]
+    assert remote_branches(promo_env).count(promotion_branch(v)) == 1
+    assert git("rev-list", "--count", f"main..{promotion_branch(v)}", cwd=promo_env.remote) == "1"
+
+
+def test_bootstrap_commits_in_place_in_the_local_working_repo(promo_env: Repos, promo_mlflow: Registry,
+                                                               new_version: Versions,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`primer up` case: no PRIMER_GIT_REMOTE, main checked out in the repo itself."""
+    monkeypatch.delenv("PRIMER_GIT_REMOTE")
+    work = promo_env.work
+    (work / "notes.txt").write_text("someone's unrelated work\n")
+    git("add", "notes.txt", cwd=work)  # staged, must stay staged and uncommitted
+    v, run_id = new_version()
+    out = propose_from_evaluation(make_evaluation(promo_mlflow, v, run_id, 0.55))
+    assert out.status == "committed"
+    assert parse_pin((work / PIN_PATH).read_text()).version == v
+    assert git("show", "--name-only", "--format=", "HEAD", cwd=work).split() == [PIN_PATH]
+    assert git("diff", "--cached", "--name-only", cwd=work).split() == ["notes.txt"]
+    # A dirty pin file is never committed over.
+    w, run_w = new_version()
+    git("reset", "-q", "--hard", "HEAD~1", cwd=work)  # back to nothing pinned, then dirty the pin
+    (work / PIN_PATH).write_text((work / PIN_PATH).read_text() + "# edited\n")
+    with pytest.raises(ProposalError, match="uncommitted changes"):
+        propose_from_evaluation(make_evaluation(promo_mlflow, w, run_w, 0.55))
+
+
+def test_promote_refusals(promo_env: Repos, promo_mlflow: Registry, new_version: Versions) -> None:
+    v, _ = new_version()
+    runner = CliRunner()
+    for bad, words in (("abc", "got str 'abc'"), ("1.5", "got float"), ("0", "must be >= 1"), ("true", "got bool")):
+        r = runner.invoke(CLI, ["promote", bad])
+        assert r.exit_code == 1 and words in r.output, r.output
+    r = runner.invoke(CLI, ["promote", str(v + 1000)])
+    assert r.exit_code == 1 and "does not exist in registered model" in r.output
+    pin: Path = promo_env.work / PIN_PATH
+    pin.write_text(pin.read_text() + "# local edit\n")
+    r = runner.invoke(CLI, ["promote", str(v)])
+    assert r.exit_code == 1 and "uncommitted changes" in r.output
+    git("checkout", "--", PIN_PATH, cwd=promo_env.work)
+    r = runner.invoke(CLI, ["promote", str(v)])
+    assert r.exit_code == 0, r.output
+    assert git("log", "-1", "--format=%s", cwd=promo_env.work) == f"Promote spy-direction to v{v}"
+    assert parse_pin(promo_env.remote_pin()).version is None  # not pushed without --push
+    r = runner.invoke(CLI, ["promote", str(v)])
+    assert r.exit_code == 0 and "already pinned" in r.output
+    r = runner.invoke(CLI, ["rollback"])
+    assert r.exit_code == 1 and "no earlier pinned version" in r.output
+    r = runner.invoke(CLI, ["registry", "sync"])
+    assert r.exit_code == 0 and f"v{v}" in r.output
