@@ -21,7 +21,7 @@ from promotion.forge import ForgeError, forge_from_env
 from promotion.gitops import GitError
 from promotion.names import CHALLENGER_ALIAS, CHAMPION_ALIAS, MODEL_NAME, PromotionStatus, promotion_title
 from promotion.pin import Pin, PinError, default_pin_path, parse_pin, read_pin, repo_root, write_pin
-from promotion.propose import _BRANCH_RE
+from promotion.propose import PROMOTION_BRANCH_RE
 
 EXIT_UNREACHABLE = 3
 _ROLLBACK_RE = re.compile(r"^Roll back " + re.escape(MODEL_NAME) + r" from v(\d+)")
@@ -150,7 +150,7 @@ def promote(version: str, reason: str, push: bool) -> None:
     _commit_pin(repo, pin, rel, n, msg, push)
 
 
-def previous_version(history: list[gitops.PinPin], current: int | None) -> int | None:
+def previous_version(history: list[gitops.PinCommit], current: int | None) -> int | None:
     """The newest earlier pin that is neither the current one nor one a rollback moved away from."""
     rolled_from = {int(m.group(1)) for h in history if (m := _ROLLBACK_RE.match(h.subject))}
     for h in history:
@@ -276,7 +276,7 @@ def status(service_url: str | None, strict: bool) -> None:
     try:
         forge = forge_from_env()
         if forge.kind != "none":
-            prs = [p for p in forge.list_open_prs() if _BRANCH_RE.match(p.head)]
+            prs = [p for p in forge.list_open_prs() if PROMOTION_BRANCH_RE.match(p.head)]
             click.echo(f"open promotion PRs:   {len(prs)}")
             for p in prs:
                 click.echo(f"  #{p.number} {p.title}  {p.url}")

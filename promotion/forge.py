@@ -99,10 +99,7 @@ class HttpForge:
     @retry(retry=retry_if_exception(_transient), stop=stop_after_attempt(3),
            wait=wait_exponential(multiplier=0.3, max=3), reraise=True)
     def _call(self, method: str, path: str, **kw: Any) -> Any:
-        try:
-            r = self._http.request(method, f"/repos/{self.repo}{path}", **kw)
-        except httpx.TransportError:
-            raise
+        r = self._http.request(method, f"/repos/{self.repo}{path}", **kw)  # TransportError -> retried
         if r.status_code >= 400:
             try:
                 detail = r.json().get("message") or r.text

@@ -110,7 +110,7 @@ def remote_branch_sha(remote: str, branch: str, token: str | None = None) -> str
 
 
 @dataclass(frozen=True)
-class PinPin:
+class PinCommit:
     """One commit in the history of the pin file."""
 
     sha: str
@@ -118,7 +118,7 @@ class PinPin:
     version: int | None
 
 
-def pin_history(repo: Path, pin_path: str = PIN_PATH) -> list[PinPin]:
+def pin_history(repo: Path, pin_path: str = PIN_PATH) -> list[PinCommit]:
     """Versions the pin held, newest commit first (commits where the file was unparsable are skipped)."""
     out = git("log", "--format=%H%x09%s", "--", pin_path, cwd=repo).stdout.strip()
     history = []
@@ -131,7 +131,7 @@ def pin_history(repo: Path, pin_path: str = PIN_PATH) -> list[PinPin]:
             pin = parse_pin(shown.stdout, f"{sha[:8]}:{pin_path}")
         except PinError:
             continue
-        history.append(PinPin(sha, subject, pin.version))
+        history.append(PinCommit(sha, subject, pin.version))
     return history
 
 

@@ -25,7 +25,7 @@ from promotion.evidence import LOWER_IS_BETTER, Evaluation, Scores
 from promotion.forge import Forge, ForgeError, PullRequest, forge_from_env
 from promotion.gitops import GitError
 from promotion.names import (
-    CHALLENGER_ALIAS, MODEL_NAME, PIN_PATH, POLICY_PATH, PromotionStatus, Tag, promotion_branch, promotion_title,
+    CHALLENGER_ALIAS, PIN_PATH, POLICY_PATH, PromotionStatus, Tag, promotion_branch, promotion_title,
 )
 from promotion.pin import PinError, repo_root
 from promotion.policy import Policy, Verdict, decide, load_policy
@@ -33,7 +33,7 @@ from promotion.policy import Policy, Verdict, decide, load_policy
 log = logging.getLogger(__name__)
 
 EVALUATION_ARTIFACT = "promotion/evaluation.json"
-_BRANCH_RE = re.compile("^" + re.escape(promotion_branch(0)[:-1]) + r"(\d+)$")
+PROMOTION_BRANCH_RE = re.compile("^" + re.escape(promotion_branch(0)[:-1]) + r"(\d+)$")
 
 
 class ProposalError(RuntimeError):
@@ -217,7 +217,7 @@ def _supersede(c: Any, forge: Forge, version: int, pr_url: str | None, pinned: i
     done: set[int] = set()
     by = f"v{version}" + (f" ({pr_url})" if pr_url else "")
     for pr in forge.list_open_prs():
-        m = _BRANCH_RE.match(pr.head)
+        m = PROMOTION_BRANCH_RE.match(pr.head)
         if not m or int(m.group(1)) >= version:
             continue
         forge.comment(pr.number, f"Superseded by {by}, which won the gate on a newer evaluation. Closing.")
@@ -302,6 +302,3 @@ def propose_from_evaluation(evaluation: Evaluation, *, settings: PromotionSettin
         return outcome
     return _propose(evaluation, verdict, policy, settings, forge, c)
 
-
-__all__ = ["ProposalError", "ProposalOutcome", "PromotionSettings", "propose_from_evaluation",
-           "commit_message", "pr_body", "MODEL_NAME"]

@@ -73,7 +73,7 @@ def test_propose_merge_sync_rollback(promo_env: Repos, promo_mlflow: Registry, g
     [pr] = gitea.open_prs()
     assert pr["title"] == promotion_title(b) and pr["head"]["ref"] == branch and pr["base"]["ref"] == "main"
     body = pr["body"]
-    assert f"| **balanced_accuracy** (decides) | 0.5700 | 0.5500 | +0.0200 |" in body
+    assert "| **balanced_accuracy** (decides) | 0.5700 | 0.5500 | +0.0200 |" in body
     assert "| always_up |" in body and "verdict: **PASS**" in body and "min_improvement: 0.01" in body
     assert f"{reg.uri}/#/models/{MODEL_NAME}/versions/{b}" in body
     assert f"{reg.uri}/#/experiments/{reg.experiment_id}/runs/{run_b}" in body
