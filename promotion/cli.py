@@ -185,8 +185,11 @@ def rollback(to: str | None, reason: str, push: bool) -> None:
     msg = f"Roll back {MODEL_NAME} from v{current} to v{target}\n\n" + (f"Reason: {reason}\n" if reason else "")
     _commit_pin(repo, pin, rel, target, msg, push)
     if state == "ok":
-        registry.set_status(registry.client(), current, PromotionStatus.ROLLED_BACK)  # type: ignore[arg-type]
-        click.echo(f"tagged v{current} promotion_status={PromotionStatus.ROLLED_BACK.value}")
+        try:
+            registry.set_status(registry.client(), current, PromotionStatus.ROLLED_BACK)  # type: ignore[arg-type]
+            click.echo(f"tagged v{current} promotion_status={PromotionStatus.ROLLED_BACK.value}")
+        except Exception as exc:  # the commit is what matters; the tag is the registry's record of it
+            _warn(f"committed, but could not tag v{current} {PromotionStatus.ROLLED_BACK.value}: {exc}")
     else:
         _warn(f"MLflow unreachable: v{current} not tagged {PromotionStatus.ROLLED_BACK.value}")
 

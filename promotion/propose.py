@@ -68,6 +68,9 @@ class ProposalOutcome:
     superseded: list[int] = field(default_factory=list)
     retried: ProposalOutcome | None = None  # a failed earlier proposal this run completed
 
+    def __str__(self) -> str:  # what the pipeline prints
+        return self.message
+
     @property
     def message(self) -> str:
         v = f"v{self.version}"
@@ -263,10 +266,13 @@ def _propose(e: Evaluation, verdict: Verdict, policy: Policy, settings: Promotio
         raise ProposalError(f"proposal of {e.model_name} v{n} failed: {exc} ({marked})") from exc
     # Even a direct bootstrap commit is only "proposed" until Argo CD (or `primer up`) runs
     # `primer registry sync`, which is what marks a version promoted and moves the champion alias.
-    registry.set_status(c, n, PromotionStatus.PROPOSED)
-    if outcome.pr_url:
-        c.set_model_version_tag(e.model_name, str(n), Tag.PROMOTION_PR.value, outcome.pr_url)
-    c.set_registered_model_alias(e.model_name, CHALLENGER_ALIAS, str(n))
+    try:
+        registry.set_status(c, n, PromotionStatus.PROPOSED)
+        if outcome.pr_url:
+            c.set_model_version_tag(e.model_name, str(n), Tag.PROMOTION_PR.value, outcome.pr_url)
+        c.set_registered_model_alias(e.model_name, CHALLENGER_ALIAS, str(n))
+    except Exception as exc:  # git and the forge are done; re-running reuses them and tags again
+        raise ProposalError(f"{outcome.message}, but tagging {e.model_name} v{n} in MLflow failed: {exc}") from exc
     return outcome
 
 
