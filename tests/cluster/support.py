@@ -119,6 +119,7 @@ def bootstrap_manifests(values: dict[str, str]) -> dict[str, list[dict[str, Any]
 @dataclass(frozen=True)
 class Container:
     source: str  # e.g. "apps/serving Deployment/primer-serving"
+    namespace: str | None
     pod_spec: dict[str, Any]
     spec: dict[str, Any]
 
@@ -145,7 +146,8 @@ def containers(objects: dict[str, list[dict[str, Any]]]) -> Iterator[Container]:
             if spec is None:
                 continue
             for c in [*spec.get("initContainers", []), *spec.get("containers", [])]:
-                yield Container(f"{source} {obj['kind']}/{obj['metadata']['name']}", spec, c)
+                yield Container(f"{source} {obj['kind']}/{obj['metadata']['name']}",
+                                obj["metadata"].get("namespace"), spec, c)
 
 
 def find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:

