@@ -2,7 +2,7 @@
 # Print how to reach and log in to everything (the end of `vagrant up`).
 # Passwords are read from the cluster's Secrets: none is stored in git.
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 use_admin_kubeconfig
 

@@ -5,7 +5,7 @@
 # The name and tag come from versions.env (IMAGE_REPOSITORY, IMAGE_TAG); the apps
 # use the same values through apps/components/image (checked here and by tests).
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 require_root  # the BuildKit socket is root-only
 

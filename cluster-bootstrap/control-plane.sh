@@ -4,7 +4,7 @@
 # Workloads (Gitea, Argo CD, the apps) come later, from platform.sh, once a
 # worker has joined. Idempotent: re-running skips what is already done.
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 require_root
 
@@ -30,15 +30,12 @@ install -m 0600 /etc/kubernetes/admin.conf /home/vagrant/.kube/config
 chown vagrant:vagrant /home/vagrant/.kube/config 2>/dev/null || true
 install -m 0600 /etc/kubernetes/admin.conf "$CLUSTER_STATE_DIR/admin.conf"
 
-log "join command for workers -> $CLUSTER_STATE_DIR/join.sh"
-# A fresh token on every run: the default one expires after 24h.
-{
-  echo '#!/usr/bin/env bash'
-  echo 'set -euo pipefail'
-  kubeadm token create --print-join-command
-} >"$CLUSTER_STATE_DIR/join.sh.tmp"
-chmod 0700 "$CLUSTER_STATE_DIR/join.sh.tmp"
-mv "$CLUSTER_STATE_DIR/join.sh.tmp" "$CLUSTER_STATE_DIR/join.sh"
+log "join command for workers -> $CLUSTER_STATE_DIR/join-command"
+# A fresh token on every run: the default one expires after 24h. One line,
+# 'kubeadm join HOST:6443 --token ... --discovery-token-ca-cert-hash sha256:...'.
+kubeadm token create --print-join-command >"$CLUSTER_STATE_DIR/join-command.tmp"
+chmod 0600 "$CLUSTER_STATE_DIR/join-command.tmp"
+mv "$CLUSTER_STATE_DIR/join-command.tmp" "$CLUSTER_STATE_DIR/join-command"
 
 log "Calico $CALICO_VERSION (node IPs from $NODE_CIDR, pods in $POD_CIDR)"
 calico_dir=/var/cache/primer-bootstrap/calico-$CALICO_VERSION
@@ -126,4 +123,4 @@ retry 30 1 /usr/local/bin/buildctl debug workers >/dev/null || die "buildkitd di
 
 "$BOOTSTRAP_DIR/build-image.sh"
 
-log "control plane ready; workers join with $CLUSTER_STATE_DIR/join.sh"
+log "control plane ready; workers join with $CLUSTER_STATE_DIR/join-command"

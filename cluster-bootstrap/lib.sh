@@ -9,7 +9,7 @@ CLUSTER_STATE_DIR="$REPO_DIR/.cluster"
 export BOOTSTRAP_DIR REPO_DIR CLUSTER_STATE_DIR
 
 set -a
-# shellcheck source=versions.env
+# shellcheck source-path=SCRIPTDIR source=versions.env
 . "$BOOTSTRAP_DIR/versions.env"
 set +a
 

@@ -3,7 +3,7 @@
 # registry), kubeadm/kubelet/kubectl from pkgs.k8s.io, kubelet on the private NIC.
 # Usage: node-common.sh NODE_IP        Idempotent: safe to re-run (vagrant provision).
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 require_root
 
@@ -45,18 +45,7 @@ download "$CONTAINERD_SERVICE_URL" "$cache/containerd-$CONTAINERD_VERSION.servic
 install -D -m 0644 "$cache/containerd-$CONTAINERD_VERSION.service" /usr/local/lib/systemd/system/containerd.service
 
 mkdir -p /etc/containerd
-if [ ! -s /etc/containerd/config.toml ] || ! grep -q 'SystemdCgroup = true' /etc/containerd/config.toml; then
-  /usr/local/bin/containerd config default >/etc/containerd/config.toml
-  # The kubelet uses the systemd cgroup driver (kubeadm's default); containerd must match.
-  sed -i 's/SystemdCgroup = false/SystemdCgroup = true/' /etc/containerd/config.toml
-fi
-grep -q 'SystemdCgroup = true' /etc/containerd/config.toml \
-  || die "could not enable SystemdCgroup in /etc/containerd/config.toml (containerd $CONTAINERD_VERSION changed its default config?)"
-# Registry host configuration lives in /etc/containerd/certs.d (containerd 2.x default
-# config_path); make sure it is set if an older default left it empty.
-sed -i -E "s#config_path = (''|\"\")#config_path = '/etc/containerd/certs.d'#" /etc/containerd/config.toml
-grep -q "config_path = .*/etc/containerd/certs.d" /etc/containerd/config.toml \
-  || die "containerd registry config_path does not include /etc/containerd/certs.d"
+install -m 0644 "$BOOTSTRAP_DIR/containerd/config.toml" /etc/containerd/config.toml
 
 # Trust the lab registry on the control plane over plain HTTP (private network only).
 registry="$CONTROL_PLANE_IP:$REGISTRY_PORT"
@@ -71,6 +60,10 @@ EOF
 systemctl daemon-reload
 systemctl enable containerd >/dev/null 2>&1
 systemctl restart containerd
+# (Capture first: with pipefail, `cmd | grep -q` can fail when grep exits early.)
+effective=$(/usr/local/bin/containerd config dump)
+grep -q 'SystemdCgroup = true' <<<"$effective" \
+  || die "containerd does not run with SystemdCgroup = true (see /etc/containerd/config.toml)"
 cat >/etc/crictl.yaml <<'EOF'
 runtime-endpoint: unix:///run/containerd/containerd.sock
 image-endpoint: unix:///run/containerd/containerd.sock

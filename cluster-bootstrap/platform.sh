@@ -4,7 +4,7 @@
 # over everything under apps/. Idempotent: existing Secrets, users and repos are
 # kept (re-running never rotates credentials or overwrites git history).
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 use_admin_kubeconfig
 
@@ -41,7 +41,8 @@ gitea_user=$(secret_value gitea gitea-admin username)
 gitea_password=$(secret_value gitea gitea-admin password)
 gitea_cli() { kubectl -n gitea exec deploy/gitea -c gitea -- gitea "$@"; }
 
-if ! gitea_cli admin user list --admin | awk 'NR > 1 {print $2}' | grep -qx "$gitea_user"; then
+admins=$(gitea_cli admin user list --admin)
+if ! awk -v user="$gitea_user" 'NR > 1 && $2 == user {found = 1} END {exit !found}' <<<"$admins"; then
   log "Gitea admin user $gitea_user"
   gitea_cli admin user create --admin --username "$gitea_user" --password "$gitea_password" \
     --email "$gitea_user@primer.lab" --must-change-password=false >/dev/null

@@ -5,7 +5,7 @@
 # Exit codes: 0 all good, 1 not converged in time, 3 converged but no model is
 # pinned yet (the API cannot answer until a promotion PR is merged).
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 use_admin_kubeconfig
 

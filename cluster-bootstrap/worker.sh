@@ -2,7 +2,7 @@
 # Worker: join the cluster with the command the control plane left in .cluster/.
 # Usage: worker.sh NODE_NAME         Idempotent: a joined node is left alone.
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 require_root
 
@@ -12,11 +12,18 @@ if [ -s /etc/kubernetes/kubelet.conf ]; then
   log "$NODE_NAME already joined: skipping kubeadm join"
   exit 0
 fi
-join="$CLUSTER_STATE_DIR/join.sh"
+join="$CLUSTER_STATE_DIR/join-command"
 [ -s "$join" ] || die "$join is missing: provision the control plane first (vagrant up control-plane)"
+read -r -a join_args <"$join"
+[ "${join_args[0]:-} ${join_args[1]:-}" = "kubeadm join" ] \
+  || die "$join does not hold a 'kubeadm join' command: re-run control-plane.sh (vagrant provision control-plane)"
+
+join_once() {
+  # A half-done join leaves files that make the next attempt's preflight fail.
+  "${join_args[@]}" --node-name "$NODE_NAME" || { kubeadm reset -f >/dev/null 2>&1; return 1; }
+}
 
 log "joining the cluster as $NODE_NAME"
-# join.sh holds 'kubeadm join ... --token ... --discovery-token-ca-cert-hash ...'.
-retry 5 10 bash "$join" --node-name "$NODE_NAME" \
-  || die "kubeadm join failed; on the control plane: kubeadm token create --print-join-command"
+retry 5 10 join_once \
+  || die "kubeadm join failed; a fresh command: vagrant provision control-plane --provision-with control-plane"
 log "$NODE_NAME joined"

@@ -137,3 +137,17 @@ def test_lib_render_refuses_unknown_placeholders(tmp_path) -> None:
     bad.write_text("image: ${NOT_A_KEY}\n")
     proc = _run(["bash", "-c", f'. "{BOOTSTRAP}/lib.sh" && render "$1"', "render", str(bad)])
     assert proc.returncode != 0 and "NOT_A_KEY" in proc.stderr
+
+
+def test_containerd_config_uses_systemd_cgroups_and_the_registry_hosts_dir() -> None:
+    import tomllib
+
+    config = tomllib.loads((BOOTSTRAP / "containerd" / "config.toml").read_text())
+    assert config["version"] == 3  # containerd 2.x schema
+    runtime = config["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]["runc"]
+    assert runtime["runtime_type"] == "io.containerd.runc.v2"
+    assert runtime["options"]["SystemdCgroup"] is True
+    assert config["plugins"]["io.containerd.cri.v1.images"]["registry"]["config_path"] == "/etc/containerd/certs.d"
+    node = (BOOTSTRAP / "node-common.sh").read_text()
+    assert 'install -m 0644 "$BOOTSTRAP_DIR/containerd/config.toml" /etc/containerd/config.toml' in node
+    assert 'mkdir -p "/etc/containerd/certs.d/$registry"' in node
