@@ -6,7 +6,6 @@ Kept apart from ``ml.pipeline`` so ``primer --help`` does not import MLflow.
 from __future__ import annotations
 
 import sys
-from datetime import date
 from pathlib import Path
 
 import click

@@ -2,17 +2,14 @@
 
 - Every test runs with a clean PRIMER_* environment and a temporary pin file,
   so the repository's own pin and the developer's shell never leak in.
-- ``fresh_mlflow`` starts a real MLflow server of its own (SQLite or
-  PostgreSQL backend) for tests that need exact version numbers: the model
-  name ``spy-direction`` is fixed, so a shared server would hold other
-  suites' versions.
+- Tests use the session MLflow servers (tests/conftest.py); the model name
+  ``spy-direction`` is fixed, so they assert versions relative to each other.
 - ``train`` runs the real ``primer train`` CLI in-process (click's CliRunner).
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -23,9 +20,6 @@ from click.testing import CliRunner, Result
 
 from ml.cli import main
 from ml.data import synthetic_prices
-from ml.servers import free_port, start_mlflow_server, stop_process
-from tests.conftest import MlflowServer
-from tests.pg import Postgres
 
 PRIMER_VARS = (
     "PRIMER_DATA_SOURCE", "PRIMER_SYNTHETIC_SEED", "PRIMER_MODE", "PRIMER_REPLAY_START",
@@ -87,26 +81,6 @@ class Trainer:
 
     def pin_version(self, version: int | None) -> None:
         self.pin.write_text(f"model: spy-direction\nversion: {'null' if version is None else version}\n")
-
-
-_db_counter = itertools.count()
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def fresh_mlflow(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    """A real MLflow server with an empty registry, per test module and backend."""
-    root = tmp_path_factory.mktemp(f"fresh-mlflow-{request.param}")
-    if request.param == "sqlite":
-        backend = f"sqlite:///{root / 'mlflow.db'}"
-    else:
-        pg: Postgres = request.getfixturevalue("postgres")
-        backend = pg.createdb(f"mlflow_ml_{next(_db_counter)}_{free_port()}")
-    port = free_port()
-    proc = start_mlflow_server(backend, root / "artifacts", port, root / "mlflow.log")
-    try:
-        yield MlflowServer(uri=f"http://127.0.0.1:{port}", backend=request.param, root=root)
-    finally:
-        stop_process(proc)
 
 
 @pytest.fixture

@@ -1,0 +1,155 @@
+"""Registry, on both backends (SQLite and PostgreSQL), against the session's real MLflow servers.
+
+One story per backend: `primer train --source synthetic` registers a version
+(v1 on an empty registry) with its tags, alias, nested candidate runs, plots
+and dataset; a second run with the pin naming that version registers the next
+one and re-scores the pinned version on its own evaluation window. The
+servers are shared with other tests, so versions are asserted relative to
+each other (N, then N+1), never as literal numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import date
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from ml import registry
+from ml.data import load_prices
+from ml.evaluate import score_model, split_windows
+from ml.features import FEATURE_COLUMNS, build_features
+from ml.train import load_grid
+from promotion.names import CHALLENGER_ALIAS, EXPERIMENT_NAME, MODEL_NAME, Tag
+
+FIRST_ANCHOR = date(2024, 3, 28)
+SECOND_ANCHOR = date(2024, 6, 28)
+
+
+def _scores_from_output(output: str, prefix: str) -> dict[str, float]:
+    line = next(ln for ln in output.splitlines() if ln.startswith(prefix))
+    words = line[len(prefix):].split()
+    return {words[i]: float(words[i + 1]) for i in range(0, len(words) - 1, 2) if words[i + 1] != "n/a"}
+
+
+def _registered(output: str) -> int:
+    match = re.search(r"^\[register\] spy-direction v(\d+) ", output, re.M)
+    assert match, output
+    return int(match.group(1))
+
+
+def test_two_runs_register_then_rescore_the_pinned_champion(any_mlflow_server, trainer_factory, fast_grid: Path):
+    uri = any_mlflow_server.uri
+    train = trainer_factory(uri)
+    client = MlflowClient(tracking_uri=uri)
+
+    # ---- run 1: packaged grid (every family), nothing pinned yet
+    first = train("--source", "synthetic:7", "--anchor", FIRST_ANCHOR.isoformat(), "--train-years", "2", "--no-promote")
+    assert first.exit_code == 0, first.output
+    assert "[champion] none pinned yet" in first.output
+    n = _registered(first.output)
+    v1 = client.get_model_version(MODEL_NAME, str(n))
+    assert v1.tags[Tag.PROMOTION_STATUS] == "candidate"
+    assert v1.tags[Tag.DATA_SOURCE] == "synthetic:7"
+    assert len(v1.tags[Tag.GIT_SHA]) in (40, len("unknown"))
+    eval_start, eval_end = date.fromisoformat(v1.tags[Tag.EVAL_START]), date.fromisoformat(v1.tags[Tag.EVAL_END])
+    assert eval_end < FIRST_ANCHOR and np.busday_count(eval_start, eval_end) >= 59
+    assert client.get_model_version_by_alias(MODEL_NAME, CHALLENGER_ALIAS).version == str(n)
+
+    # The version's run is the winning candidate: a nested run of the pipeline's parent run.
+    best = client.get_run(v1.run_id)
+    parent_id = best.data.tags["mlflow.parentRunId"]
+    exp = client.get_experiment_by_name(EXPERIMENT_NAME)
+    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+    assert {r.data.tags["candidate"] for r in children} == {c.name for c in load_grid().candidates}
+    for run in children:
+        for metric in ("accuracy", "balanced_accuracy", "roc_auc", "log_loss", "brier",
+                       "baseline_always_up_accuracy", "baseline_train_majority_log_loss",
+                       "baseline_yesterday_direction_brier"):
+            assert metric in run.data.metrics, (run.data.tags["candidate"], metric)
+        assert run.data.params["family"] in ("random_forest", "logistic_regression", "gradient_boosting")
+    assert best.data.tags["selected"] == "true"
+    artifacts = {a.path for a in client.list_artifacts(v1.run_id, "plots")}
+    assert artifacts == {"plots/confusion_matrix.png", "plots/roc_curve.png", "plots/calibration.png"}
+    png = Path(client.download_artifacts(v1.run_id, "plots/roc_curve.png"))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Latest feature row for serving, as of the anchor.
+    mlflow.set_tracking_uri(uri)
+    latest = registry.latest_features(v1.run_id)
+    assert latest["as_of"] == FIRST_ANCHOR.isoformat()
+    assert list(latest["features"]) == list(FEATURE_COLUMNS)
+
+    # The data window: dataset input + CSV artifact on the parent run, identical to the source.
+    parent = client.get_run(parent_id)
+    inputs = parent.inputs.dataset_inputs
+    assert len(inputs) == 1 and inputs[0].dataset.name.startswith("spy-daily")
+    schema = json.loads(inputs[0].dataset.schema)
+    assert {c["name"] for c in schema["mlflow_colspec"]} >= {"date", "close", "volume"}
+    csv = pd.read_csv(client.download_artifacts(parent_id, "data/prices.csv"), parse_dates=["date"])
+    assert csv["date"].iloc[-1].date() == FIRST_ANCHOR
+    source = load_prices("synthetic:7", end=FIRST_ANCHOR).tail(len(csv)).reset_index(drop=True)
+    pd.testing.assert_frame_equal(csv, source, check_dtype=False)
+    assert json.loads(inputs[0].dataset.source)["url"].startswith(uri)
+
+    # Serving's view: the model loads back from the registry and predicts probabilities.
+    model = mlflow.sklearn.load_model(f"models:/{MODEL_NAME}/{n}")
+    row = pd.DataFrame([latest["features"]])
+    p = model.predict_proba(row)
+    assert p.shape == (1, 2) and 0.0 < p[0, 1] < 1.0
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{n}")
+    assert np.allclose(np.asarray(pyfunc.predict(row)), p)
+
+    # ---- run 2: a later anchor, the pin names version n
+    train.pin_version(n)
+    second = train("--source", "synthetic:7", "--anchor", SECOND_ANCHOR.isoformat(), "--train-years", "2",
+                   "--candidates", str(fast_grid), "--no-promote")
+    assert second.exit_code == 0, second.output
+    assert _registered(second.output) == n + 1
+    v2 = client.get_model_version(MODEL_NAME, str(n + 1))
+    assert client.get_model_version_by_alias(MODEL_NAME, CHALLENGER_ALIAS).version == str(n + 1)
+    assert v2.tags[Tag.EVAL_END] > v1.tags[Tag.EVAL_END]
+    prefix = f"[champion] v{n} on the same window:"
+    assert prefix in second.output
+    reported = _scores_from_output(second.output, prefix)
+
+    # Independently: version n scored on run 2's window (rebuilt from the source) gives the same numbers.
+    prices = load_prices("synthetic:7", end=SECOND_ANCHOR)
+    window = split_windows(build_features(prices), 60).eval
+    assert window.index[0].date().isoformat() == v2.tags[Tag.EVAL_START]
+    assert window.index[-1].date().isoformat() == v2.tags[Tag.EVAL_END]
+    expected, _ = score_model(model, window)
+    assert reported["acc"] == pytest.approx(expected.accuracy, abs=5e-4)
+    assert reported["log_loss"] == pytest.approx(expected.log_loss, abs=5e-5)
+    assert reported["brier"] == pytest.approx(expected.brier, abs=5e-5)
+    parent2 = client.get_run(client.get_run(v2.run_id).data.tags["mlflow.parentRunId"])
+    assert parent2.data.metrics["champion_log_loss"] == pytest.approx(expected.log_loss)
+    assert parent2.data.tags["champion_version"] == str(n)
+    evaluation = json.loads(Path(client.download_artifacts(parent2.info.run_id, "evaluation.json")).read_text())
+    assert evaluation["champion_version"] == n and evaluation["challenger_version"] == n + 1
+    assert evaluation["eval_start"] == v2.tags[Tag.EVAL_START] and evaluation["eval_days"] == 60
+    # Version n itself is unchanged.
+    assert client.get_model_version(MODEL_NAME, str(n)).tags[Tag.PROMOTION_STATUS] == "candidate"
+
+
+@pytest.mark.parametrize("family", ["random_forest", "logistic_regression", "gradient_boosting"])
+def test_every_family_round_trips_through_skops(family: str, mlflow_server, market: pd.DataFrame):
+    """The trusted types passed to log_model are enough for mlflow.sklearn.load_model."""
+    from ml.train import fit
+
+    mlflow.set_tracking_uri(mlflow_server.uri)
+    mlflow.set_experiment("ml-tests-skops")
+    cand = next(c for c in load_grid().candidates if c.family == family)
+    w = split_windows(build_features(market.tail(400).reset_index(drop=True)), 60)
+    model = fit(cand, w.train)
+    with mlflow.start_run():
+        info = registry.log_model(model, w.train)
+    loaded = mlflow.sklearn.load_model(info.model_uri)
+    X = w.eval.loc[:, list(FEATURE_COLUMNS)]
+    assert np.allclose(loaded.predict_proba(X), model.predict_proba(X))
