@@ -35,6 +35,7 @@ class Policy:
     min_improvement: float = 0.01
     min_eval_days: int = 60
     must_beat_baseline: bool = True
+    bootstrap_must_beat_baseline: bool = False
     bootstrap: Literal["commit", "propose"] = "commit"
 
     def __post_init__(self) -> None:
@@ -45,8 +46,9 @@ class Policy:
             raise PolicyError(f"policy: min_improvement must be a number >= 0, got {self.min_improvement!r}")
         if isinstance(self.min_eval_days, bool) or not isinstance(self.min_eval_days, int) or self.min_eval_days < 1:
             raise PolicyError(f"policy: min_eval_days must be an integer >= 1, got {self.min_eval_days!r}")
-        if not isinstance(self.must_beat_baseline, bool):
-            raise PolicyError(f"policy: must_beat_baseline must be true or false, got {self.must_beat_baseline!r}")
+        for name in ("must_beat_baseline", "bootstrap_must_beat_baseline"):
+            if not isinstance(getattr(self, name), bool):
+                raise PolicyError(f"policy: {name} must be true or false, got {getattr(self, name)!r}")
         if self.bootstrap not in BOOTSTRAP_MODES:
             raise PolicyError(f"policy: bootstrap must be one of {', '.join(BOOTSTRAP_MODES)}, got {self.bootstrap!r}")
 
@@ -132,18 +134,22 @@ def decide(evaluation: Evaluation, policy: Policy) -> Verdict:
     if challenger is None or not math.isfinite(challenger):
         return Verdict(False, [*reasons, f"challenger has no {m} score on this window"], bootstrap, m, None, champion, baseline)
 
-    if policy.must_beat_baseline:
-        if baseline is None:
+    required = policy.bootstrap_must_beat_baseline if bootstrap else policy.must_beat_baseline
+    if baseline is None:
+        if required:
             ok = False
             reasons.append(f"no naive baseline scored on {m}; cannot show the challenger beats one")
-        else:
-            name, value = baseline
-            margin = _better_by(challenger, value, policy.lower_is_better)
-            if margin > _EPS:
-                reasons.append(f"challenger {m} {challenger:.4f} beats best baseline {name} {value:.4f} ({margin:+.4f})")
-            else:
-                ok = False
-                reasons.append(f"challenger {m} {challenger:.4f} does not beat best baseline {name} {value:.4f} ({margin:+.4f})")
+    else:
+        name, value = baseline
+        margin = _better_by(challenger, value, policy.lower_is_better)
+        if margin > _EPS:
+            reasons.append(f"challenger {m} {challenger:.4f} beats best baseline {name} {value:.4f} ({margin:+.4f})")
+        elif required:
+            ok = False
+            reasons.append(f"challenger {m} {challenger:.4f} does not beat best baseline {name} {value:.4f} ({margin:+.4f})")
+        else:  # reported, never hidden
+            reasons.append(f"challenger {m} {challenger:.4f} does not beat best baseline {name} {value:.4f} "
+                           f"({margin:+.4f}); not required {'at bootstrap' if bootstrap else 'by this policy'}")
 
     if bootstrap:
         reasons.append(f"nothing pinned yet: bootstrap ({policy.bootstrap})")

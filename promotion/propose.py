@@ -160,7 +160,7 @@ def pr_body(e: Evaluation, v: Verdict, policy: Policy) -> str:
         "", f"### Gate (`{POLICY_PATH}`)", "",
         f"- metric: `{policy.metric}`; min_improvement: {policy.min_improvement}; "
         f"min_eval_days: {policy.min_eval_days}; must_beat_baseline: {str(policy.must_beat_baseline).lower()}; "
-        f"bootstrap: {policy.bootstrap}",
+        f"bootstrap: {policy.bootstrap} (must beat baseline: {str(policy.bootstrap_must_beat_baseline).lower()})",
         f"- verdict: **{'PASS' if v.passed else 'FAIL'}**",
         *[f"  - {r}" for r in v.reasons],
         "", "### MLflow", "",

@@ -37,7 +37,7 @@ POLICY = Policy()
 def test_repository_policy_loads_with_documented_defaults() -> None:
     p = load_policy(REPO / "promotion" / "policy.yaml")
     assert p == Policy(metric="balanced_accuracy", min_improvement=0.01, min_eval_days=60,
-                       must_beat_baseline=True, bootstrap="commit")
+                       must_beat_baseline=True, bootstrap_must_beat_baseline=False, bootstrap="commit")
 
 
 @pytest.mark.parametrize("text,words", [
@@ -93,9 +93,19 @@ def test_already_champion_is_not_proposed_again() -> None:
 def test_bootstrap_when_nothing_pinned() -> None:
     v = decide(ev(s(0.55), None, champion_version=None), POLICY)
     assert v.passed and v.bootstrap
-    # Bootstrap still has to beat the naive baseline.
-    assert not decide(ev(s(0.49), None, champion_version=None), POLICY).passed
-    assert decide(ev(s(0.49), None, champion_version=None), replace(POLICY, must_beat_baseline=False)).passed
+    # By default the first pin need not beat the baselines (something must serve), but it is reported.
+    v = decide(ev(s(0.49), None, champion_version=None), POLICY)
+    assert v.passed and any("does not beat best baseline always_up 0.5000" in r and "at bootstrap" in r
+                            for r in v.reasons)
+    strict = replace(POLICY, bootstrap_must_beat_baseline=True)
+    assert not decide(ev(s(0.49), None, champion_version=None), strict).passed
+    assert not decide(ev(s(0.70), None, champion_version=None, days=30), POLICY).passed  # window rule holds
+
+
+def test_must_beat_baseline_can_be_switched_off() -> None:
+    loose = replace(POLICY, must_beat_baseline=False)
+    assert decide(ev(s(0.49), s(0.47)), loose).passed
+    assert not decide(ev(s(0.49), s(0.47)), POLICY).passed
 
 
 def test_missing_baselines_fail_when_required() -> None:
