@@ -201,6 +201,7 @@ class Runtime:
     _publish_lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _wake_features: threading.Event = field(default_factory=threading.Event)
+    _first_load_done: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
     # -- lifecycle -----------------------------------------------------------------
@@ -226,6 +227,7 @@ class Runtime:
                 self.load_if_needed()
             except Exception:  # never let the watcher die
                 log.exception("unexpected error in the pin watcher")
+            self._first_load_done.set()
             self._stop.wait(self.settings.pin_poll_seconds)
 
     def check_pin(self) -> None:
@@ -300,6 +302,9 @@ class Runtime:
         return row.fetched_day == today and now - row.fetched_at <= self.settings.feature_ttl_seconds
 
     def _feature_loop(self) -> None:
+        # Readiness waits for the model, not for market data: let the model's
+        # (import-heavy) first load have the CPU, then fetch.
+        self._first_load_done.wait(15)
         failures = 0
         next_try = 0.0
         while not self._stop.is_set():

@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Annotated, Any
 
 import bentoml
+import bentoml.exceptions
 from bentoml.exceptions import InternalServerError, ServiceUnavailable
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field
 
-from bentos.runtime import Runtime, Settings
-from ml.features import FEATURE_COLUMNS
+from bentos.runtime import Answer, Runtime, Settings
 from promotion.names import CHAMPION_ALIAS, MODEL_NAME
 
 DEFAULT_THRESHOLD = 0.5
@@ -36,17 +37,29 @@ MAX_ROWS = 1000
 # Features are returns and ratios: real values are far below 1. The bound keeps
 # them inside float32 (sklearn trees cast to it) so garbage gets a 400, not a 500.
 FEATURE_BOUND = 1e6
+_Feature = Annotated[float, Field(allow_inf_nan=False, ge=-FEATURE_BOUND, le=FEATURE_BOUND)]
 
-# One typed, validated field per feature: finite, bounded floats (NaN/inf would make
-# the model's answer meaningless), unknown fields rejected.
-FeatureRow: type[BaseModel] = create_model(
-    "FeatureRow",
-    __config__=ConfigDict(extra="forbid"),
-    **{
-        name: (Annotated[float, Field(allow_inf_nan=False, ge=-FEATURE_BOUND, le=FEATURE_BOUND)], ...)
-        for name in FEATURE_COLUMNS
-    },
-)
+
+class FeatureRow(BaseModel):
+    """One feature row for ``POST /predict``: finite, bounded floats; unknown fields rejected.
+
+    Spelled out (not generated from ``ml.features.FEATURE_COLUMNS``) because it is a
+    public HTTP contract, and so that importing this module does not import pandas
+    (``bentoml serve``'s supervisor imports it too: 0.5 s and 80 MB saved).
+    tests/serving/test_contract.py fails if it drifts from FEATURE_COLUMNS.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    ret_1: _Feature
+    ma3_ratio: _Feature
+    ma5_ratio: _Feature
+    vol_3: _Feature
+    ret_5: _Feature
+    ma20_ratio: _Feature
+    vol_10: _Feature
+    range_pct: _Feature
+    volume_ratio: _Feature
 
 
 class Prediction(BaseModel):
@@ -100,27 +113,78 @@ async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONRespo
     )
 
 
-class JsonOnlyPredict:
-    """ASGI middleware: ``POST /predict`` takes JSON only.
+def prediction_body(answer: Answer, threshold: float) -> bytes:
+    """The ``/predictionForTomorrow`` JSON for a published answer (shared by both code paths below)."""
+    threshold += 0.0  # -0.0 -> 0.0
+    return json.dumps(
+        {
+            # Documented rule: UP iff P(up) >= threshold (so threshold 0 is always UP).
+            "prediction": "UP" if answer.confidence >= threshold else "DOWN",
+            "confidence": answer.confidence,
+            "threshold": threshold,
+            "model_source": "mlflow",
+            "model_alias": CHAMPION_ALIAS,
+            "model_name": MODEL_NAME,
+            "model_version": answer.model_version,
+            "as_of": answer.as_of,
+            "stale": answer.stale,
+        }
+    ).encode()
 
-    BentoML would try other body parsers and answer a malformed Content-Type
-    (e.g. multipart without a boundary) with a 500; a client error deserves a 415.
+
+# Query strings the fast path answers itself: none, or one plain decimal threshold in [0, 1].
+# Anything else (other spellings, extra parameters, errors) goes to the FastAPI route.
+_FAST_QUERY = re.compile(rb"(?:threshold=(0(?:\.[0-9]{1,20})?|1(?:\.0{1,20})?))?")
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class PrimerMiddleware:
+    """ASGI middleware inside BentoML's stack (metrics, tracing and access log still apply).
+
+    * ``GET /predictionForTomorrow`` with a model loaded and a plain threshold is
+      answered here from the published answer: FastAPI's per-request routing,
+      dependency injection and validation cost more than the answer itself (the
+      benchmark's a/c ratio). Every other request, including every invalid one and
+      the 503s, is handled by the FastAPI route, which also documents the API.
+    * ``POST /predict`` takes JSON only: BentoML would try other body parsers and
+      answer a malformed Content-Type (multipart without a boundary) with a 500.
     """
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].rstrip("/") == "/predict":
-            ctype = dict(scope.get("headers") or ()).get(b"content-type", b"").split(b";")[0].strip().lower()
-            if ctype != b"application/json":
-                response = JSONResponse(
-                    status_code=415,
-                    content={"error": f"POST /predict needs Content-Type: application/json, got {ctype.decode('latin-1')!r}"},
-                )
-                await response(scope, receive, send)
-                return
+        if scope["type"] == "http":
+            path, method = scope["path"], scope["method"]
+            if path == "/predictionForTomorrow" and method == "GET":
+                m = _FAST_QUERY.fullmatch(scope["query_string"])
+                service = _current_service()
+                answer = service.runtime.answer if (m and service is not None) else None
+                if answer is not None:
+                    service.count_prediction(answer.model_version)
+                    threshold = float(m.group(1)) if m.group(1) else DEFAULT_THRESHOLD
+                    body = prediction_body(answer, threshold)
+                    await send({"type": "http.response.start", "status": 200,
+                                "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]})
+                    await send({"type": "http.response.body", "body": body})
+                    return
+            elif path.rstrip("/") == "/predict" and method == "POST":
+                ctype = dict(scope.get("headers") or ()).get(b"content-type", b"").split(b";")[0].strip().lower()
+                if ctype != b"application/json":
+                    response = JSONResponse(
+                        status_code=415,
+                        content={"error": f"POST /predict needs Content-Type: application/json, got {ctype.decode('latin-1')!r}"},
+                    )
+                    await response(scope, receive, send)
+                    return
         await self.app(scope, receive, send)
+
+
+def _current_service() -> PrimerService | None:
+    try:
+        return bentoml.get_current_service()
+    except bentoml.exceptions.BentoMLException:  # not instantiated yet
+        return None
 
 
 def _unavailable(runtime: Runtime) -> JSONResponse:
@@ -151,6 +215,9 @@ class PrimerService:
         self.runtime = Runtime(Settings.from_env())
         self.runtime.start()  # returns at once; loading happens in the background
 
+    def count_prediction(self, version: str, route: str = "predictionForTomorrow", n: int = 1) -> None:
+        self.predictions.labels(version, route).inc(n)
+
     async def __is_ready__(self) -> bool:
         return self.runtime.ready
 
@@ -174,21 +241,9 @@ class PrimerService:
         answer = self.runtime.answer  # one read of an immutable snapshot
         if answer is None:
             return _unavailable(self.runtime)
-        self.predictions.labels(answer.model_version, "predictionForTomorrow").inc()
-        threshold += 0.0  # -0.0 -> 0.0
-        body = {
-            "prediction": "UP" if answer.confidence >= threshold else "DOWN",
-            "confidence": answer.confidence,
-            "threshold": threshold,
-            "model_source": "mlflow",
-            "model_alias": CHAMPION_ALIAS,
-            "model_name": MODEL_NAME,
-            "model_version": answer.model_version,
-            "as_of": answer.as_of,
-            "stale": answer.stale,
-        }
-        # Pre-validated values: skip FastAPI's response-model round trip on the hot path.
-        return Response(json.dumps(body), media_type="application/json")
+        self.count_prediction(answer.model_version)
+        # Values are already valid: skip FastAPI's response-model round trip.
+        return Response(prediction_body(answer, threshold), media_type="application/json")
 
     @app.get("/model", response_model=ModelInfo)
     async def model_info(self) -> Response:
@@ -204,12 +259,14 @@ class PrimerService:
             )
         import pandas as pd
 
+        from ml.features import FEATURE_COLUMNS
+
         frame = pd.DataFrame([r.model_dump() for r in rows], columns=list(FEATURE_COLUMNS))
         probs = [float(p) for p in model.p_up(frame)]
         if not all(math.isfinite(p) for p in probs):
             raise InternalServerError("model returned a non-finite probability")
-        self.predictions.labels(str(model.version), "predict").inc(len(probs))
+        self.count_prediction(str(model.version), "predict", len(probs))
         return probs
 
 
-PrimerService.add_asgi_middleware(JsonOnlyPredict)
+PrimerService.add_asgi_middleware(PrimerMiddleware)

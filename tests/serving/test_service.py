@@ -111,6 +111,16 @@ def test_threshold_flips_the_direction(service: Service) -> None:
     assert default["prediction"] == ("UP" if conf >= 0.5 else "DOWN")
 
 
+def test_fast_path_and_fastapi_route_answer_alike(service: Service) -> None:
+    """`threshold=0.5` takes the middleware's fast path; `.5` and extra parameters go through FastAPI."""
+    fast = service.get("/predictionForTomorrow?threshold=0.5")
+    for query in ("threshold=.5", "threshold=0.5&other=1", "threshold=5e-1"):
+        slow = service.get(f"/predictionForTomorrow?{query}")
+        assert slow.status_code == 200, (query, slow.text)
+        assert slow.json() == fast.json(), query
+    assert service.get("/predictionForTomorrow").json() == fast.json()
+
+
 @pytest.mark.parametrize("bad", ["abc", "NaN", "nan", "inf", "-inf", "-0.1", "1.5", "", "0.5x", "1e309"])
 def test_bad_threshold_is_a_4xx_naming_the_parameter(service: Service, bad: str) -> None:
     r = service.get("/predictionForTomorrow", params={"threshold": bad})
