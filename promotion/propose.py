@@ -112,13 +112,14 @@ def _links(e: Evaluation) -> dict[str, str]:
 def commit_message(e: Evaluation, v: Verdict) -> str:
     lines = [promotion_title(e.challenger_version, e.model_name), ""]
     if e.champion is not None and e.champion_version is not None:
+        lines.append(f"Scores on the same window (delta > 0: v{e.challenger_version} is better):")
         for metric in Scores.__dataclass_fields__:
             a, b = e.challenger.get(metric), e.champion.get(metric)
             if a is None or b is None:
                 continue
             d = (b - a) if metric in LOWER_IS_BETTER else (a - b)
             mark = " (decides)" if metric == v.metric else ""
-            lines.append(f"{metric}{mark}: {a:.4f} vs champion v{e.champion_version} {b:.4f} ({d:+.4f} better)")
+            lines.append(f"  {metric}{mark}: {a:.4f} vs champion v{e.champion_version} {b:.4f}, delta {d:+.4f}")
     else:
         lines.append(f"{v.metric}: {_fmt(v.challenger_score)} (nothing pinned before: bootstrap)")
     if v.baseline:

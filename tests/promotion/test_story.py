@@ -68,7 +68,7 @@ def test_propose_merge_sync_rollback(promo_env: Repos, promo_mlflow: Registry, g
     assert git("rev-list", "--count", f"main..{branch}", cwd=repos.remote) == "1"
     msg = git("log", "-1", "--format=%B", branch, cwd=repos.remote)
     assert msg.startswith(promotion_title(b))
-    assert f"balanced_accuracy (decides): 0.5700 vs champion v{a} 0.5500 (+0.0200 better)" in msg
+    assert f"balanced_accuracy (decides): 0.5700 vs champion v{a} 0.5500, delta +0.0200" in msg
     assert f"run id: {run_b}" in msg and "eval window: 2024-01-02..2024-03-27 (60 days" in msg
     [pr] = gitea.open_prs()
     assert pr["title"] == promotion_title(b) and pr["head"]["ref"] == branch and pr["base"]["ref"] == "main"

@@ -1,0 +1,60 @@
+"""Git details: how the token reaches git over HTTP, and remote classification."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from promotion.gitops import GitError, local_path, remote_branch_sha
+
+
+@pytest.fixture
+def http_git() -> Iterator[tuple[str, list[dict[str, str]]]]:
+    """An HTTP endpoint standing in for a git host: records headers, answers 403."""
+    seen: list[dict[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            seen.append(dict(self.headers))
+            self.send_response(403)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/primer/repo.git", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_token_goes_in_one_command_header_and_is_redacted(http_git: tuple[str, list[dict[str, str]]],
+                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url, seen = http_git
+    monkeypatch.setenv("HOME", str(tmp_path))  # prove nothing is written to a global git config
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    token = "tok-1234567890"
+    with pytest.raises(GitError) as err:
+        remote_branch_sha(url, "main", token)
+    assert token not in str(err.value)
+    expected = "Basic " + base64.b64encode(f"x-access-token:{token}".encode()).decode()
+    assert seen and all(h.get("Authorization") == expected for h in seen)
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and token in p.read_text(errors="ignore")]
+    assert written == []
+
+
+def test_local_path_classification(tmp_path: Path) -> None:
+    assert local_path(str(tmp_path)) == tmp_path
+    assert local_path(f"file://{tmp_path}") == tmp_path
+    assert local_path("https://gitea.example/primer/repo.git") is None
+    assert local_path("git@github.com:owner/repo.git") is None
+    assert local_path("relative/dir") == Path("relative/dir")
