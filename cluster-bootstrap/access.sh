@@ -6,6 +6,9 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 use_admin_kubeconfig
 
+# After `vagrant halt` + `vagrant up` the API server may still be starting.
+retry 30 10 kubectl get --raw /readyz >/dev/null 2>&1 || die "the Kubernetes API does not answer (control plane VM up?)"
+
 argocd_password=$(secret_value argocd argocd-initial-admin-secret password 2>/dev/null || echo "<not created yet: rerun this script>")
 gitea_user=$(secret_value gitea gitea-admin username)
 gitea_password=$(secret_value gitea gitea-admin password)

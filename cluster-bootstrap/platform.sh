@@ -88,11 +88,13 @@ if ! secret_exists training primer-forge; then
 fi
 if ! secret_exists argocd repo-gitea; then
   log "Argo CD repository Secret (read-only token)"
-  kubectl -n argocd create secret generic repo-gitea \
+  # Created with its label in one step: a Secret without it would be ignored by Argo CD.
+  kubectl -n argocd create secret generic repo-gitea --dry-run=client -o yaml \
     --from-literal=type=git --from-literal=url="$GITEA_REPO_URL" \
     --from-literal=username="$gitea_user" \
-    --from-literal=password="$(new_token argocd read:repository)" >/dev/null
-  kubectl -n argocd label secret repo-gitea argocd.argoproj.io/secret-type=repository >/dev/null
+    --from-literal=password="$(new_token argocd read:repository)" \
+    | kubectl label --local -f - argocd.argoproj.io/secret-type=repository -o yaml \
+    | kubectl apply -f - >/dev/null
 fi
 
 log "Argo CD $ARGOCD_VERSION"
