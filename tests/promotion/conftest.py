@@ -10,7 +10,6 @@ keep the two suites from seeing each other's registry state.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -166,5 +165,3 @@ def use_forge(monkeypatch: pytest.MonkeyPatch, forge: FakeForge, token: str | No
     monkeypatch.setenv("PRIMER_FORGE_REPO", forge.repo)
     monkeypatch.setenv("PRIMER_FORGE_TOKEN", token or forge.token)
 
-
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

@@ -207,3 +207,21 @@ def test_promote_refusals(promo_env: Repos, promo_mlflow: Registry, new_version:
     assert r.exit_code == 1 and "no earlier pinned version" in r.output
     r = runner.invoke(CLI, ["registry", "sync"])
     assert r.exit_code == 0 and f"v{v}" in r.output
+
+
+def test_rollback_to_a_named_version(promo_env: Repos, promo_mlflow: Registry, new_version: Versions) -> None:
+    a, _ = new_version()
+    b, _ = new_version()
+    runner = CliRunner()
+    for v in (a, b):
+        assert runner.invoke(CLI, ["promote", str(v)]).exit_code == 0
+    r = runner.invoke(CLI, ["rollback", "--to", str(b)])
+    assert r.exit_code == 1 and f"v{b} is already pinned" in r.output
+    r = runner.invoke(CLI, ["rollback", "--to", "-1"])
+    assert r.exit_code == 1 and "must be >= 1" in r.output
+    r = runner.invoke(CLI, ["rollback", "--to", str(a), "--reason", "bad canary"])
+    assert r.exit_code == 0, r.output
+    assert parse_pin((promo_env.work / PIN_PATH).read_text()).version == a
+    assert git("log", "-1", "--format=%B", cwd=promo_env.work).startswith(
+        f"Roll back {MODEL_NAME} from v{b} to v{a}\n\nReason: bad canary")
+    assert status_of(promo_mlflow, b) == PromotionStatus.ROLLED_BACK
