@@ -169,6 +169,9 @@ def test_mlflow_server_probes_and_storage(apps) -> None:
     assert uri.startswith("postgresql://$(POSTGRES_USER):$(POSTGRES_PASSWORD)@postgres:5432/")
     sts = find(apps["apps/mlflow"], "StatefulSet", "postgres")
     assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+    # PostgreSQL syncs (and must be healthy) before the server that migrates its schema.
+    wave = "argocd.argoproj.io/sync-wave"
+    assert int(sts["metadata"]["annotations"][wave]) < int(dep["metadata"].get("annotations", {}).get(wave, "0"))
 
 
 def test_network_policies_only_let_mlflow_reach_postgres_and_clients_reach_mlflow(apps, lab) -> None:
