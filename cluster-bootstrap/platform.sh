@@ -18,13 +18,16 @@ for ns in gitea argocd mlflow training serving; do ensure_namespace "$ns"; done
 
 log "bootstrap Secrets (random, generated once, never in git)"
 if ! secret_exists gitea gitea-admin; then
+  password=$(random_password)
   kubectl -n gitea create secret generic gitea-admin \
-    --from-literal=username="$GITEA_OWNER" --from-literal=password="$(random_password)" >/dev/null
+    --from-literal=username="$GITEA_OWNER" --from-literal=password="$password" >/dev/null
 fi
 if ! secret_exists mlflow postgres-credentials; then
+  # Hex: safe inside the postgresql:// URI MLflow assembles from these keys.
+  password=$(random_password)
   kubectl -n mlflow create secret generic postgres-credentials \
     --from-literal=POSTGRES_USER=mlflow --from-literal=POSTGRES_DB=mlflow \
-    --from-literal=POSTGRES_PASSWORD="$(random_password)" >/dev/null
+    --from-literal=POSTGRES_PASSWORD="$password" >/dev/null
 fi
 # The replay clock starts when the lab is born (one simulated day per 5 minutes).
 if ! kubectl -n training get configmap replay-clock >/dev/null 2>&1; then
@@ -83,16 +86,20 @@ new_token() {  # new_token NAME SCOPES -> prints the token
 }
 if ! secret_exists training primer-forge; then
   log "trainer access token -> Secret training/primer-forge"
-  kubectl -n training create secret generic primer-forge \
-    --from-literal=PRIMER_FORGE_TOKEN="$(new_token trainer write:repository,write:issue,read:user)" >/dev/null
+  # Into a variable first: a failing $(...) inside an argument would not stop the script.
+  token=$(new_token trainer write:repository,write:issue,read:user)
+  [ -n "$token" ] || die "Gitea returned an empty token for the trainer"
+  kubectl -n training create secret generic primer-forge --from-literal=PRIMER_FORGE_TOKEN="$token" >/dev/null
 fi
 if ! secret_exists argocd repo-gitea; then
   log "Argo CD repository Secret (read-only token)"
+  token=$(new_token argocd read:repository)
+  [ -n "$token" ] || die "Gitea returned an empty token for Argo CD"
   # Created with its label in one step: a Secret without it would be ignored by Argo CD.
   kubectl -n argocd create secret generic repo-gitea --dry-run=client -o yaml \
     --from-literal=type=git --from-literal=url="$GITEA_REPO_URL" \
     --from-literal=username="$gitea_user" \
-    --from-literal=password="$(new_token argocd read:repository)" \
+    --from-literal=password="$token" \
     | kubectl label --local -f - argocd.argoproj.io/secret-type=repository -o yaml \
     | kubectl apply -f - >/dev/null
 fi
