@@ -151,3 +151,11 @@ def test_containerd_config_uses_systemd_cgroups_and_the_registry_hosts_dir() -> 
     node = (BOOTSTRAP / "node-common.sh").read_text()
     assert 'install -m 0644 "$BOOTSTRAP_DIR/containerd/config.toml" /etc/containerd/config.toml' in node
     assert 'mkdir -p "/etc/containerd/certs.d/$registry"' in node
+
+
+def test_no_secret_is_built_from_an_unchecked_command_substitution() -> None:
+    # `--from-literal=K="$(cmd)"`: if cmd fails, set -e does not stop the script and an
+    # empty Secret is created. Scripts assign to a variable (checked) first.
+    for path in BOOTSTRAP.glob("*.sh"):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            assert not re.search(r"--from-literal=[A-Za-z_]+=\"?\$\((?!date )", line), f"{path.name}:{number}: {line.strip()}"
