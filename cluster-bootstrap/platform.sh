@@ -75,9 +75,11 @@ if ! curl -fsS -u "$gitea_user:$gitea_password" "$repo_api/branches/main" >/dev/
     git -C "$seed/repo" -c user.name=primer-bootstrap -c user.email=bootstrap@primer.lab \
       commit --quiet -m "Seed from the checkout"
   fi
-  git -C "$seed/repo" push --quiet \
-    "http://$gitea_user:$gitea_password@$WORKER_IP:$GITEA_NODE_PORT/$GITEA_OWNER/$GITEA_REPO.git" \
-    HEAD:refs/heads/main || die "git push to Gitea failed"
+  # Credentials in a one-command header, not in the URL (git echoes URLs in errors).
+  basic=$(printf '%s:%s' "$gitea_user" "$gitea_password" | base64 -w0)
+  git -C "$seed/repo" -c http.extraHeader="Authorization: Basic $basic" push --quiet \
+    "http://$WORKER_IP:$GITEA_NODE_PORT/$GITEA_OWNER/$GITEA_REPO.git" HEAD:refs/heads/main \
+    || die "git push of the checkout to Gitea failed"
 fi
 
 new_token() {  # new_token NAME SCOPES -> prints the token
