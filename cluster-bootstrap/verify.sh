@@ -2,8 +2,8 @@
 # Post-boot smoke check: wait until every Argo CD Application is Synced and
 # Healthy and the API answers; otherwise say what is wrong and exit non-zero.
 # Usage: verify.sh [TIMEOUT_SECONDS]   (default 900; runs on any VM)
-# Exit codes: 0 all good, 1 not converged in time, 3 converged but no model is
-# pinned yet (the API cannot answer until a promotion PR is merged).
+# Exit codes: 0 all good, 1 not converged in time, 3 not converged and no model
+# is pinned yet (the API cannot answer before the first training run pins one).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -69,24 +69,20 @@ while [ "$SECONDS" -lt "$deadline" ]; do
     echo
     exit 0
   fi
-  # Serving is only Healthy with a pinned model loaded (readiness /readyz): before
-  # the first promotion is merged there is nothing to serve, by design.
-  version=$(pinned_version || true)
-  if [ "$version" = "null" ] || [ "$version" = "~" ]; then
-    others_ok=true
-    for app in root platform mlflow training; do
-      [ "$(app_state "$app")" = "Synced Healthy" ] || others_ok=false
-    done
-    if $others_ok && [ "$(app_state serving | cut -d' ' -f1)" = "Synced" ]; then
-      echo "Platform is up, but no model is pinned yet (promotion/model-version.yaml: version: null)."
-      echo "The training CronJob proposes a promotion as a pull request in Gitea:"
-      echo "  http://$WORKER_IP:$GITEA_NODE_PORT/$GITEA_OWNER/$GITEA_REPO/pulls"
-      echo "Merge it; Argo CD rolls serving within about a minute. Then: curl $api"
-      exit 3
-    fi
-  fi
   sleep 15
 done
+
+# Serving is only Healthy with a pinned model loaded (readiness /readyz): before the
+# first model is pinned there is nothing to serve, by design.
+version=$(pinned_version || true)
+if [ "$version" = "null" ] || [ "$version" = "~" ]; then
+  echo "NOT SERVING YET: no model is pinned (promotion/model-version.yaml in Gitea: version: null)."
+  echo "The first successful training run commits its winner to main (gate policy bootstrap: commit);"
+  echo "later winners arrive as pull requests: http://$WORKER_IP:$GITEA_NODE_PORT/$GITEA_OWNER/$GITEA_REPO/pulls"
+  echo "Training runs: kubectl -n training get jobs; logs: kubectl -n training logs job/<name>"
+  explain
+  exit 3
+fi
 echo "NOT READY after ${timeout}s."
 explain
 exit 1
