@@ -46,7 +46,8 @@ def promo_mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]
         exp_id = MlflowClient(uri).create_experiment(EXPERIMENT_NAME)
         yield Registry(uri, exp_id)
     finally:
-        stop_process(proc)
+        # Short grace: uvicorn waits for idle keep-alive connections of MlflowClient before exiting.
+        stop_process(proc, timeout=3)
 
 
 @pytest.fixture
