@@ -52,6 +52,7 @@ def mlflow_from_manifest(apps, postgres, tmp_path_factory):
         arg = arg.replace("=/mlartifacts", f"={artifacts}")
         arg = arg.replace("--host=0.0.0.0", "--host=127.0.0.1")  # tests stay on loopback
         arg = arg.replace(f"--port={names.MLFLOW_PORT}", f"--port={port}")
+        arg = re.sub(r"^--workers=\d+$", "--workers=1", arg)  # same server, less CPU on a shared CI box
         args.append(arg)
     cmd = [_bin(container["command"][0]), *container["command"][1:], *args]
     log = root / "mlflow.log"
