@@ -7,6 +7,8 @@ port on 127.0.0.1 and tears it down at the end of the session.
 from __future__ import annotations
 
 import os
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,30 @@ os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+
+# Tests never read the caller's configuration, and never act on this checkout:
+# a test that forgets to point the code at its own repository gets an empty
+# folder (and fails) instead of committing to the developer's main branch.
+for _var in [v for v in os.environ if v.startswith("PRIMER_") or v == "MLFLOW_TRACKING_URI"]:
+    del os.environ[_var]
+os.environ["PRIMER_REPO_DIR"] = tempfile.mkdtemp(prefix="primer-tests-no-repo-")
+PIN_FILE = REPO_ROOT / "promotion" / "model-version.yaml"
+
+
+def _checkout_fingerprint() -> tuple[str, str]:
+    head = subprocess.run(["git", "log", "-1", "--format=%an"], cwd=REPO_ROOT, capture_output=True, text=True).stdout
+    return PIN_FILE.read_text(), head.strip()
+
+
+_FINGERPRINT_AT_START = _checkout_fingerprint()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if any test changed this checkout's pin or committed to it."""
+    pin, author = _checkout_fingerprint()
+    if pin != _FINGERPRINT_AT_START[0] or (author == os.environ["GIT_AUTHOR_NAME"] != _FINGERPRINT_AT_START[1]):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        print("\nERROR: a test changed this checkout (promotion/model-version.yaml or a commit by the tests)")
 
 
 @dataclass

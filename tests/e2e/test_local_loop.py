@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -22,26 +21,11 @@ from mlflow import MlflowClient
 from ml.servers import _bin, free_port, port_in_use
 from promotion.names import CHAMPION_ALIAS, MODEL_NAME, PIN_PATH, promotion_branch
 from promotion.pin import read_pin
+from tests.repo_copy import copy_repo
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SEED_KEYS = {"prediction", "confidence", "threshold", "model_source", "model_alias"}
 
-
-
-def _copy_repo(dest: Path) -> Path:
-    """This checkout's files (tracked + untracked, not ignored) in a fresh git repository."""
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO_ROOT, capture_output=True, check=True
-    ).stdout.decode().split("\0")
-    for rel in filter(None, files):
-        src = REPO_ROOT / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=dest, check=True)
-    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
-    subprocess.run(["git", "commit", "-qm", "initial"], cwd=dest, check=True)
-    return dest
 
 
 def _primer(repo: Path, env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -65,7 +49,7 @@ def _wait_served(api: str, version: str, timeout: float = 60) -> None:
 
 @pytest.fixture()
 def loop_repo(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    repo = _copy_repo(tmp_path / "primer")
+    repo = copy_repo(REPO_ROOT, tmp_path / "primer")
     env = dict(os.environ)
     for var in [v for v in env if v.startswith("PRIMER_") or v == "MLFLOW_TRACKING_URI"]:
         del env[var]
