@@ -239,6 +239,7 @@ def _propose(e: Evaluation, verdict: Verdict, policy: Policy, settings: Promotio
              forge: Forge, c: Any) -> ProposalOutcome:
     n = e.challenger_version
     branch, title = promotion_branch(n, e.model_name), promotion_title(n, e.model_name)
+    _require_registered(c, e)  # before touching git: never pin a version the registry does not have
     msg = commit_message(e, verdict)
     _save_evaluation(c, e)
     try:
@@ -277,6 +278,18 @@ def _propose(e: Evaluation, verdict: Verdict, policy: Policy, settings: Promotio
     return outcome
 
 
+def _require_registered(c: Any, e: Evaluation) -> None:
+    try:
+        registry.probe(e.tracking_uri)
+        found = registry.get_version(c, e.challenger_version, e.model_name)
+    except Exception as exc:
+        raise ProposalError(f"MLflow at {e.tracking_uri} cannot confirm {e.model_name} v{e.challenger_version} "
+                            f"exists ({exc}); nothing pushed") from exc
+    if found is None:
+        raise ProposalError(f"{e.model_name} v{e.challenger_version} is not in the registry at {e.tracking_uri}; "
+                            "refusing to pin a version that does not exist (nothing pushed)")
+
+
 def _retry_failed(e: Evaluation, policy: Policy, settings: PromotionSettings, forge: Forge, c: Any) -> ProposalOutcome | None:
     """Retry the newest ``proposal_failed`` version whose saved evidence is against today's champion."""
     for n in reversed(registry.versions_with_status(c, PromotionStatus.PROPOSAL_FAILED)):
@@ -305,7 +318,12 @@ def propose_from_evaluation(evaluation: Evaluation, *, settings: PromotionSettin
     c = registry.client(evaluation.tracking_uri)
     if not verdict.passed:
         outcome = ProposalOutcome("rejected", evaluation.challenger_version, verdict)
-        outcome.retried = _retry_failed(evaluation, policy, settings, forge, c)
+        try:
+            outcome.retried = _retry_failed(evaluation, policy, settings, forge, c)
+        except ProposalError:
+            raise  # the retry itself failed: exit non-zero with its reason, like a first attempt
+        except Exception as exc:  # looking for failed proposals is best effort; the gate verdict stands
+            log.warning("could not look for failed proposals to retry: %s", exc)
         return outcome
     return _propose(evaluation, verdict, policy, settings, forge, c)
 

@@ -225,3 +225,17 @@ def test_rollback_to_a_named_version(promo_env: Repos, promo_mlflow: Registry, n
     assert git("log", "-1", "--format=%B", cwd=promo_env.work).startswith(
         f"Roll back {MODEL_NAME} from v{b} to v{a}\n\nReason: bad canary")
     assert status_of(promo_mlflow, b) == PromotionStatus.ROLLED_BACK
+
+
+def test_refuses_a_version_the_registry_does_not_have(promo_env: Repos, promo_mlflow: Registry,
+                                                       new_version: Versions) -> None:
+    """Checked before git is touched: a bogus or unreachable registry pushes nothing."""
+    v, run_id = new_version()
+    with pytest.raises(ProposalError, match="is not in the registry"):
+        propose_from_evaluation(make_evaluation(promo_mlflow, v + 1000, run_id, 0.55))
+    unreachable = Registry(f"http://127.0.0.1:{free_port()}", promo_mlflow.experiment_id)
+    with pytest.raises(ProposalError, match="cannot confirm"):
+        propose_from_evaluation(make_evaluation(unreachable, v, run_id, 0.55))
+    assert parse_pin(promo_env.remote_pin()).version is None
+    assert remote_branches(promo_env) == ["main"]
+    assert git("rev-list", "--count", "main", cwd=promo_env.remote) == "1"
