@@ -44,8 +44,11 @@ def train_command(
     Needs an MLflow tracking server (MLFLOW_TRACKING_URI, default http://127.0.0.1:5000).
     Exit status is non-zero when data validation fails (nothing is registered) or any step fails.
     """
+    from ml.data import DataSourceError
     from ml.pipeline import PipelineError, config_from_env, run_pipeline
+    from ml.registry import RegistryError
     from ml.replay import ReplayConfigError
+    from ml.train import CandidateConfigError
     from ml.validate import ValidationError
 
     try:
@@ -62,7 +65,7 @@ def train_command(
         for v in exc.violations:
             click.echo(f"[validate] FAILED {v}", err=True)
         raise click.ClickException(f"data validation failed ({', '.join(dict.fromkeys(exc.rules))}); nothing was registered") from exc
-    except (PipelineError, ReplayConfigError) as exc:
+    except (PipelineError, ReplayConfigError, DataSourceError, CandidateConfigError, RegistryError) as exc:
         raise click.ClickException(str(exc)) from exc
     ev = result.evaluation
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())

@@ -1,0 +1,98 @@
+"""`primer train` user errors and the hand-off to the promotion step."""
+
+from __future__ import annotations
+
+import sys
+from datetime import date
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from ml import pipeline
+from ml.servers import free_port
+from promotion.evidence import Evaluation, Scores
+from promotion.names import MODEL_NAME
+
+ARGS = ("--source", "synthetic:7", "--anchor", "2024-06-28", "--train-years", "1")
+
+
+def _versions(uri: str) -> int:
+    return len(MlflowClient(tracking_uri=uri).search_model_versions(f"name='{MODEL_NAME}'"))
+
+
+def test_unreachable_mlflow_is_named(trainer_factory, fast_grid: Path):
+    uri = f"http://127.0.0.1:{free_port()}"
+    result = trainer_factory(uri)(*ARGS, "--candidates", str(fast_grid), "--no-promote")
+    assert result.exit_code == 1
+    assert f"MLflow tracking server {uri} is not reachable" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("--source", "yahoo"), "unknown data source 'yahoo'"),
+        (("--source", "csv:/nonexistent/spy.csv"), "CSV data file not found: /nonexistent/spy.csv"),
+        (("--source", "synthetic", "--eval-days", "20"), "minimum is 60"),
+        (("--source", "synthetic", "--candidates", "/nonexistent.yaml"), "cannot read candidate file"),
+    ],
+)
+def test_user_errors_exit_cleanly(args, message, trainer_factory, mlflow_server):
+    result = trainer_factory(mlflow_server.uri)(*args, "--no-promote")
+    assert result.exit_code == 1, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_replay_settings_are_named(trainer_factory, mlflow_server):
+    result = trainer_factory(mlflow_server.uri)(
+        "--source", "synthetic", "--no-promote", env={"PRIMER_MODE": "replay", "PRIMER_REPLAY_START": "2020-01-02"}
+    )
+    assert result.exit_code == 1 and "PRIMER_REPLAY_EPOCH" in result.output
+
+
+def _evaluation() -> Evaluation:
+    s = Scores(0.5, 0.5, 0.5, 0.69, 0.25)
+    closed = f"http://127.0.0.1:{free_port()}"  # never contacted; local in any case
+    return Evaluation(MODEL_NAME, 3, "run", "logreg", "parent", "1", closed, date(2024, 1, 2), date(2024, 3, 28),
+                      60, s, "synthetic")
+
+
+def test_missing_promotion_step_stops_after_registering(monkeypatch: pytest.MonkeyPatch):
+    # None in sys.modules (and no attribute on the package) makes `from promotion import
+    # propose` raise ModuleNotFoundError, exactly as in a checkout without the promotion step.
+    import promotion
+
+    monkeypatch.setitem(sys.modules, "promotion.propose", None)
+    monkeypatch.delattr(promotion, "propose", raising=False)
+    lines: list[str] = []
+    assert pipeline._propose(_evaluation(), lines.append) is None
+    assert lines == ["promotion step not available; stopping after registering"]
+
+
+def test_proposal_error_fails_the_run_but_keeps_the_version(
+    monkeypatch: pytest.MonkeyPatch, trainer_factory, mlflow_server, fast_grid: Path
+):
+    from promotion import propose
+
+    handed: list[Evaluation] = []
+
+    def refuse(evaluation: Evaluation):
+        handed.append(evaluation)
+        raise propose.ProposalError("push to origin rejected")
+
+    # The promotion step has its own tests; here only its failure contract matters.
+    monkeypatch.setattr(propose, "propose_from_evaluation", refuse)
+    before = _versions(mlflow_server.uri)
+    result = trainer_factory(mlflow_server.uri)(*ARGS, "--candidates", str(fast_grid))
+    assert result.exit_code == 1, result.output
+    assert "promotion failed: push to origin rejected" in result.output
+    assert _versions(mlflow_server.uri) == before + 1
+    assert len(handed) == 1
+    ev = handed[0]
+    assert f"[register] {MODEL_NAME} v{ev.challenger_version} " in result.output
+    assert ev.eval_days == 60 and ev.eval_end < date(2024, 6, 28)
+    assert set(ev.baselines) == {"always_up", "train_majority", "yesterday_direction"}
+    assert ev.champion_version is None and ev.champion is None
+    assert f"v{ev.challenger_version} stays registered" in result.output
