@@ -1,0 +1,134 @@
+"""The pin watcher and the published answer, driven step by step (no threads, no servers).
+
+The loader is a stand-in here so each edge can be forced deterministically; the
+real loader, MLflow and `bentoml serve` are exercised in test_service.py.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from sklearn.dummy import DummyClassifier
+
+from bentos.runtime import LoadedModel, Runtime, Settings
+from ml.features import FEATURE_COLUMNS
+
+
+def _model(version: int, p_up: float) -> LoadedModel:
+    X = pd.DataFrame([dict.fromkeys(FEATURE_COLUMNS, 0.0)] * 2)
+    est = DummyClassifier(strategy="prior").fit(X, [0, 1])
+    est.class_prior_ = [1 - p_up, p_up]  # prior strategy answers the class prior
+    row = pd.DataFrame([dict.fromkeys(FEATURE_COLUMNS, 0.0)])
+    return LoadedModel(version, f"run{version}", est, {}, "now", row, date(2026, 1, 2))
+
+
+class Loader:
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+        self.fail: set[int] = set()
+
+    def __call__(self, uri: str, version: int) -> LoadedModel:
+        self.calls.append(version)
+        if version in self.fail:
+            raise RuntimeError(f"RESOURCE_DOES_NOT_EXIST: version {version}")
+        return _model(version, p_up=version / 10)
+
+
+def _runtime(pin: Path, loader: Loader, fetch: object = None) -> Runtime:
+    def no_data(source: str, today: date) -> tuple[pd.DataFrame, date]:
+        raise ConnectionError("offline")
+
+    settings = Settings(pin_file=pin, tracking_uri="http://mlflow", data_source="x", pin_poll_seconds=0.1,
+                        feature_ttl_seconds=60)
+    return Runtime(settings, loader=loader, fetcher=fetch or no_data)  # type: ignore[arg-type]
+
+
+def _tick(rt: Runtime) -> None:
+    rt.check_pin()
+    rt.load_if_needed()
+
+
+def _configmap(root: Path, text: str, stamp: str) -> Path:
+    """Kubelet's layout: pin -> ..data/pin, ..data -> ..<stamp>; an update swaps ..data."""
+    d = root / f"..{stamp}"
+    d.mkdir()
+    (d / "model-version.yaml").write_text(text)
+    os.utime(d / "model-version.yaml", (1_000_000, 1_000_000))  # same mtime every time
+    tmp = root / "..data_tmp"
+    tmp.symlink_to(d.name)
+    os.replace(tmp, root / "..data")
+    link = root / "model-version.yaml"
+    if not link.is_symlink():
+        link.symlink_to("..data/model-version.yaml")
+    return link
+
+
+def test_configmap_symlink_swap_with_identical_mtime_is_detected(tmp_path: Path) -> None:
+    pin = _configmap(tmp_path, "model: spy-direction\nversion: 3\n", "a")
+    loader = Loader()
+    rt = _runtime(pin, loader)
+    _tick(rt)
+    assert rt.model is not None and rt.model.version == 3
+    _configmap(tmp_path, "model: spy-direction\nversion: 4\n", "b")
+    _tick(rt)
+    assert rt.model.version == 4 and loader.calls == [3, 4]
+
+
+def test_failed_load_keeps_old_model_and_backs_off(tmp_path: Path) -> None:
+    pin = tmp_path / "pin.yaml"
+    pin.write_text("model: spy-direction\nversion: 3\n")
+    loader = Loader()
+    rt = _runtime(pin, loader)
+    _tick(rt)
+    rt.publish()
+    before = rt.answer
+    loader.fail.add(5)
+    pin.write_text("model: spy-direction\nversion: 5\n")
+    _tick(rt)
+    assert rt.model.version == 3 and rt.ready
+    assert rt.answer == before
+    err = rt.status()["last_error"]
+    assert "spy-direction/5 failed" in err and "still serving version 3" in err
+    _tick(rt)  # within the backoff window: no hammering of MLflow
+    assert loader.calls == [3, 5]
+    loader.fail.clear()
+    rt._status.next_attempt = time.monotonic() - 1  # the backoff elapsed
+    _tick(rt)
+    assert rt.model.version == 5 and rt.status()["last_error"] is None
+
+
+def test_invalid_pin_never_replaces_a_model_and_null_keeps_serving(tmp_path: Path) -> None:
+    pin = tmp_path / "pin.yaml"
+    pin.write_text("model: spy-direction\nversion: 3\n")
+    rt = _runtime(pin, Loader())
+    _tick(rt)
+    for text in ("{{{", "model: spy-direction\nversion: -1\n", "model: spy-direction\nversion: null\n"):
+        pin.write_text(text)
+        _tick(rt)
+        assert rt.model.version == 3, text
+        assert "still serving version 3" in rt.status()["last_error"], text
+    os.remove(pin)
+    _tick(rt)
+    assert rt.model.version == 3 and "cannot read pin file" in rt.status()["last_error"]
+
+
+def test_answer_is_cached_per_version_and_as_of_and_marks_stale(tmp_path: Path) -> None:
+    pin = tmp_path / "pin.yaml"
+    pin.write_text("model: spy-direction\nversion: 7\n")
+    fresh_row = pd.DataFrame([dict.fromkeys(FEATURE_COLUMNS, 0.01)])
+    rt = _runtime(pin, Loader(), fetch=lambda source, today: (fresh_row, date(2026, 3, 4)))
+    _tick(rt)
+    rt.publish()
+    assert rt.answer.stale is True and rt.answer.as_of == "2026-01-02"  # stored row, before any fetch
+    assert rt.refresh_features()
+    rt.publish()
+    assert rt.answer.stale is False and rt.answer.as_of == "2026-03-04"
+    assert rt.answer.confidence == pytest.approx(0.7)
+    cached = dict(rt._p_cache)
+    rt.publish()
+    assert rt._p_cache == cached and (7, date(2026, 3, 4)) in cached
