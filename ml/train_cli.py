@@ -68,7 +68,7 @@ def train_command(
     except (PipelineError, ReplayConfigError, DataSourceError, CandidateConfigError, RegistryError) as exc:
         raise click.ClickException(str(exc)) from exc
     ev = result.evaluation
-    timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
+    timing = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
     click.echo(
         f"[done] {ev.model_name} v{result.version}: {ev.challenger_candidate} on {ev.eval_start}..{ev.eval_end} "
         f"({ev.eval_days} days); {timing}"
