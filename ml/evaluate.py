@@ -75,6 +75,12 @@ def split_windows(features: pd.DataFrame, eval_days: int, train_rows: int | None
     return Windows(train=train, eval=ev)
 
 
+def split_validation(train: pd.DataFrame, days: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Hold out the last ``days`` rows of the training window (at most a third) to choose a candidate."""
+    days = max(1, min(days, len(train) // 3))
+    return train.iloc[:-days], train.iloc[-days:]
+
+
 def _finite(x: float) -> float:
     return float(x) if math.isfinite(x) else float("nan")
 

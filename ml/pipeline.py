@@ -33,6 +33,7 @@ from ml.evaluate import (
     metrics_dict,
     score_baselines,
     score_model,
+    split_validation,
     split_windows,
 )
 from ml.features import FEATURE_COLUMNS, LABEL, WARMUP_ROWS, build_features, tomorrow_row
@@ -77,8 +78,9 @@ class CandidateResult:
     name: str
     family: str
     run_id: str
-    scores: Scores
+    scores: Scores  # on the evaluation window (fitted on the whole training window)
     seconds: float
+    val_scores: Scores  # on the validation window (fitted on the training window before it)
 
 
 @dataclass
@@ -301,6 +303,7 @@ def run_pipeline(config: PipelineConfig, echo: Echo = print) -> PipelineResult:
                     "eval_end": windows.eval_end.isoformat(),
                     "candidates_file": grid.source,
                     "select_by": grid.select_by,
+                    "validation_days": grid.validation_days,
                 }
             )
             registry.log_data_window(prices, config.source, anchor)
@@ -308,24 +311,38 @@ def run_pipeline(config: PipelineConfig, echo: Echo = print) -> PipelineResult:
         for name, s in baselines.items():
             echo(f"[baseline] {name:<20} {_fmt(s)}")
 
+        fit_part, val_part = split_validation(windows.train, grid.validation_days)
+        echo(
+            f"[train] selection: fit on {len(fit_part)} rows, validate on {len(val_part)} rows "
+            f"{val_part.index[0].date()}..{val_part.index[-1].date()}; then refit on all {len(windows.train)} "
+            f"training rows and score on the evaluation window"
+        )
         with stages("train+score"):
             for cand in grid.candidates:
                 t0 = time.perf_counter()
-                with mlflow.start_run(run_name=cand.name, nested=True, tags={**common_tags, "candidate": cand.name, "family": cand.family}) as run:
+                tags = {**common_tags, "candidate": cand.name, "family": cand.family}
+                with mlflow.start_run(run_name=cand.name, nested=True, tags=tags) as run:
+                    val_scores, _ = score_model(fit(cand, fit_part), val_part)
                     model = fit(cand, windows.train)
                     scores, p = score_model(model, windows.eval)
-                    mlflow.log_params({"candidate": cand.name, "family": cand.family, **{f"model_{k}": v for k, v in cand.params.items()}})
-                    mlflow.log_metrics({**metrics_dict(scores), **baseline_metrics, "train_rows": float(len(windows.train))})
-                    results.append(CandidateResult(cand.name, cand.family, run.info.run_id, scores, time.perf_counter() - t0))
+                    mlflow.log_params({"candidate": cand.name, "family": cand.family,
+                                       **{f"model_{k}": v for k, v in cand.params.items()}})
+                    mlflow.log_metrics({**metrics_dict(scores), **metrics_dict(val_scores, prefix="val_"),
+                                        **baseline_metrics, "train_rows": float(len(windows.train))})
+                    results.append(CandidateResult(cand.name, cand.family, run.info.run_id, scores,
+                                                   time.perf_counter() - t0, val_scores))
                     models[cand.name] = model
                     probs[cand.name] = p
-                echo(f"[candidate] {cand.name:<20} {_fmt(scores)}  ({results[-1].seconds:.1f}s)")
+                v = val_scores.get(grid.select_by)
+                echo(f"[candidate] {cand.name:<20} eval: {_fmt(scores)} | validation {grid.select_by} "
+                     f"{'n/a' if v is None else f'{v:.4f}'}  ({results[-1].seconds:.1f}s)")
 
+        # Chosen on the validation window, so the evaluation scores below stay out-of-sample.
         best = results[0]
         for r in results[1:]:
-            if better(r.scores, best.scores, grid.select_by):
+            if better(r.val_scores, best.val_scores, grid.select_by):
                 best = r
-        echo(f"[select] best by {grid.select_by}: {best.name}")
+        echo(f"[select] best by validation {grid.select_by}: {best.name}")
 
         with stages("log-model"), mlflow.start_run(run_id=best.run_id, nested=True):
             info = registry.log_model(models[best.name], windows.train)

@@ -40,7 +40,9 @@ class Candidate:
 @dataclass(frozen=True)
 class Grid:
     candidates: tuple[Candidate, ...]
-    select_by: str = "log_loss"
+    select_by: str = "balanced_accuracy"
+    # Trading days at the end of the training window held out to choose the best candidate.
+    validation_days: int = 250
     source: str = "ml/candidates.yaml"
 
 
@@ -89,9 +91,12 @@ def load_grid(path: str | Path | None = None) -> Grid:
         raise CandidateConfigError(f"{source}: YAML syntax error: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("candidates"), list) or not data["candidates"]:
         raise CandidateConfigError(f"{source}: expected a mapping with a non-empty 'candidates' list")
-    select_by = data.get("select_by", "log_loss")
+    select_by = data.get("select_by", Grid.select_by)
     if select_by not in SELECT_METRICS:
         raise CandidateConfigError(f"{source}: select_by {select_by!r} is not one of {', '.join(SELECT_METRICS)}")
+    validation_days = data.get("validation_days", Grid.validation_days)
+    if isinstance(validation_days, bool) or not isinstance(validation_days, int) or validation_days < 20:
+        raise CandidateConfigError(f"{source}: validation_days must be an integer >= 20, got {validation_days!r}")
     out: list[Candidate] = []
     for i, item in enumerate(data["candidates"]):
         if not isinstance(item, dict) or "name" not in item or "family" not in item:
@@ -114,7 +119,7 @@ def load_grid(path: str | Path | None = None) -> Grid:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise CandidateConfigError(f"{source}: duplicate candidate name(s) {', '.join(dupes)}")
-    return Grid(candidates=tuple(out), select_by=select_by, source=source)
+    return Grid(candidates=tuple(out), select_by=select_by, validation_days=validation_days, source=source)
 
 
 def build_estimator(candidate: Candidate) -> ClassifierMixin:

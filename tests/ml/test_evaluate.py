@@ -16,6 +16,7 @@ from ml.evaluate import (
     score,
     score_baselines,
     score_model,
+    split_validation,
     split_windows,
 )
 from ml.features import LABEL, build_features
@@ -40,6 +41,13 @@ def test_windows_are_time_ordered_and_sized(feats: pd.DataFrame, eval_days: int,
     # Consecutive: the eval window starts on the trading day right after training ends.
     pos = feats.index.get_loc(w.eval.index[0])
     assert feats.index[pos - 1] == w.train.index[-1]
+
+
+def test_validation_split_holds_out_the_end_of_training(feats: pd.DataFrame):
+    w = split_windows(feats, 60)
+    fit_part, val = split_validation(w.train, 250)
+    assert len(val) == min(250, len(w.train) // 3) and len(fit_part) + len(val) == len(w.train)
+    assert fit_part.index[-1] < val.index[0] and val.index[-1] < w.eval.index[0]
 
 
 def test_window_limits(feats: pd.DataFrame):
@@ -83,7 +91,7 @@ def test_packaged_grid_has_the_seed_forests_and_another_family():
     forests = {(c.params.get("n_estimators"), c.params.get("max_depth")) for c in grid.candidates if c.family == "random_forest"}
     assert {(50, 3), (100, 5), (200, None)} <= forests
     assert {c.family for c in grid.candidates} - {"random_forest"}
-    assert grid.select_by == "log_loss"
+    assert grid.select_by == "balanced_accuracy" and grid.validation_days == 250
 
 
 def test_grid_override_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -97,6 +105,7 @@ def test_grid_override_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         "candidates:\n  - {name: x, family: random_forest, params: {trees: 3}}\n": "candidate 'x'",
         "select_by: f1\ncandidates:\n  - {name: x, family: random_forest}\n": "select_by 'f1'",
         "candidates:\n  - {name: x, family: random_forest}\n  - {name: x, family: random_forest}\n": "duplicate",
+        "validation_days: 5\ncandidates:\n  - {name: x, family: random_forest}\n": "validation_days",
     }
     for text, message in cases.items():
         path.write_text(text)

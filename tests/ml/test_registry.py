@@ -75,6 +75,9 @@ def test_two_runs_register_then_rescore_the_pinned_champion(any_mlflow_server, t
             assert metric in run.data.metrics, (run.data.tags["candidate"], metric)
         assert run.data.params["family"] in ("random_forest", "logistic_regression", "gradient_boosting")
     assert best.data.tags["selected"] == "true"
+    # Chosen on the validation window (the end of the training window), not on the evaluation window.
+    val = {r.data.tags["candidate"]: r.data.metrics["val_balanced_accuracy"] for r in children}
+    assert val[best.data.tags["candidate"]] == max(val.values())
     artifacts = {a.path for a in client.list_artifacts(v1.run_id, "plots")}
     assert artifacts == {"plots/confusion_matrix.png", "plots/roc_curve.png", "plots/calibration.png"}
     png = Path(client.download_artifacts(v1.run_id, "plots/roc_curve.png"))
