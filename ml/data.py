@@ -23,8 +23,9 @@ import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -40,6 +41,8 @@ DEFAULT_SEED = 42
 SYNTHETIC_FIRST_DAY = date(1993, 1, 29)  # SPY's first trading day
 YAHOO_TIMEOUT_SECONDS = 20
 YAHOO_ATTEMPTS = 4
+# NYSE closes at 16:00 New York time; Yahoo's daily bar settles a little later.
+MARKET_CLOSE_SETTLED = time(16, 30)
 
 
 class DataSourceError(RuntimeError):
@@ -178,11 +181,13 @@ def yfinance_prices(
     attempts: int = YAHOO_ATTEMPTS,
     backoff_seconds: float = 2.0,
     timeout: float = YAHOO_TIMEOUT_SECONDS,
+    now: datetime | None = None,
 ) -> pd.DataFrame:
     """Daily bars from Yahoo with retries (exponential backoff) and clear errors.
 
     ``fetch`` stands in for the network call in tests; it has the signature
     ``fetch(ticker, start, end, timeout) -> DataFrame`` shaped like yfinance's.
+    Today's bar is dropped until the session has closed (see :func:`drop_unfinished_bar`).
     """
     fetch = fetch or _yahoo_history
     last_problem: list[str] = []
@@ -216,7 +221,16 @@ def yfinance_prices(
             f"Yahoo Finance gave no data for {ticker} ({window}) after {attempts} attempts: {problem}. "
             "Try again later, or run offline with --source synthetic or --source csv:PATH"
         ) from None
-    return _from_yahoo(raw)
+    return drop_unfinished_bar(_from_yahoo(raw), now=now)
+
+
+def drop_unfinished_bar(frame: pd.DataFrame, now: datetime | None = None) -> pd.DataFrame:
+    """Drop today's bar while the US session is still open (Yahoo serves it with a moving close)."""
+    ny = (now or datetime.now(UTC)).astimezone(ZoneInfo("America/New_York"))
+    if len(frame) and ny.time() < MARKET_CLOSE_SETTLED and frame["date"].iloc[-1].date() >= ny.date():
+        log.info("dropping the unfinished bar of %s (New York time %s)", ny.date(), ny.strftime("%H:%M"))
+        return frame.iloc[:-1].reset_index(drop=True)
+    return frame
 
 
 def _from_yahoo(raw: pd.DataFrame) -> pd.DataFrame:

@@ -155,13 +155,10 @@ def log_latest_features(row: pd.DataFrame, as_of: date) -> dict[str, Any]:
 def register(model_uri: str, tags: dict[str, str], name: str = MODEL_NAME) -> int:
     """Register ``model_uri`` as a new version with ``tags`` and move the ``challenger`` alias to it."""
     all_tags = {Tag.PROMOTION_STATUS.value: PromotionStatus.CANDIDATE.value, **tags}
+    # The tags are created with the version (one request), so no version ever lacks them.
     mv = mlflow.register_model(model_uri, name, tags=all_tags)
     version = int(mv.version)
-    client = MlflowClient()
-    # register_model's tags are set after creation; make sure they are all there (older servers).
-    for key, value in all_tags.items():
-        client.set_model_version_tag(name, str(version), key, value)
-    client.set_registered_model_alias(name, CHALLENGER_ALIAS, str(version))
+    MlflowClient().set_registered_model_alias(name, CHALLENGER_ALIAS, str(version))
     return version
 
 

@@ -153,3 +153,16 @@ def test_yfinance_spec_goes_through_load_prices(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(data, "_yahoo_history", lambda t, s, e, timeout: _yahoo_frame(market.tail(40)))
     got = load_prices("yfinance", end=market["date"].iloc[-1].date())
     assert len(got) == 40
+
+
+def test_todays_bar_is_dropped_while_the_session_is_open(market: pd.DataFrame):
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    last = market["date"].iloc[-1].date()  # 2024-06-28, a Friday
+    fetch = lambda t, s, e, timeout: _yahoo_frame(market.tail(10))  # noqa: E731
+    ny = ZoneInfo("America/New_York")
+    during = yfinance_prices(fetch=fetch, now=datetime(last.year, last.month, last.day, 11, 0, tzinfo=ny))
+    after = yfinance_prices(fetch=fetch, now=datetime(last.year, last.month, last.day, 17, 0, tzinfo=ny))
+    assert len(during) == 9 and during["date"].iloc[-1].date() < last
+    assert len(after) == 10 and after["date"].iloc[-1].date() == last
