@@ -96,3 +96,18 @@ def test_proposal_error_fails_the_run_but_keeps_the_version(
     assert set(ev.baselines) == {"always_up", "train_majority", "yesterday_direction"}
     assert ev.champion_version is None and ev.champion is None
     assert f"v{ev.challenger_version} stays registered" in result.output
+
+
+def test_unloadable_champion_is_reported_not_fatal(trainer_factory, mlflow_server, fast_grid: Path):
+    """A pin naming a version the registry lacks: warn, register anyway, mark the champion unavailable."""
+    train = trainer_factory(mlflow_server.uri)
+    train.pin_version(99999)
+    result = train(*ARGS, "--candidates", str(fast_grid), "--no-promote")
+    assert result.exit_code == 0, result.output
+    assert f"WARNING: champion {MODEL_NAME} v99999 could not be loaded/scored" in result.output
+    assert "[champion] v99999 on the same window: unavailable" in result.output
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    version = client.get_model_version_by_alias(MODEL_NAME, "challenger")
+    parent = client.get_run(client.get_run(version.run_id).data.tags["mlflow.parentRunId"])
+    assert parent.data.tags["champion_version"] == "99999"
+    assert not any(k.startswith("champion_") for k in parent.data.metrics)

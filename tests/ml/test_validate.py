@@ -163,12 +163,14 @@ def test_corrupt_input_stops_primer_train_and_registers_nothing(
 
 
 def test_clean_csv_trains_through_the_cli(market: pd.DataFrame, tmp_path: Path, mlflow_server, trainer_factory, fast_grid: Path):
-    """The control for the cases above: the same CSV without corruption registers a version."""
+    """The control for the cases above: an uncorrupted CSV (31 years, 1993-2024) registers a version."""
     train = trainer_factory(mlflow_server.uri)
-    csv = write_csv(_tail(market), tmp_path / "prices.csv")
+    assert market["date"].iloc[0].year == 1993
+    csv = write_csv(market, tmp_path / "prices.csv")
     before_versions, _ = _counts(mlflow_server.uri)
     result = train("--source", f"csv:{csv}", "--anchor", ANCHOR.isoformat(), "--no-promote",
                    "--train-years", "1", "--candidates", str(fast_grid))
     assert result.exit_code == 0, result.output
     assert _counts(mlflow_server.uri)[0] == before_versions + 1
     assert "[register] spy-direction v" in result.output
+    assert f"rows loaded up to {ANCHOR}" in result.output and f"(anchor {ANCHOR})" in result.output
