@@ -1,7 +1,8 @@
 """Fixtures for the pipeline tests.
 
-- Every test runs with a clean PRIMER_* environment and a temporary pin file,
-  so the repository's own pin and the developer's shell never leak in.
+- Every test runs with a clean PRIMER_* environment, a temporary pin file and
+  PRIMER_REPO_DIR pointing at an empty folder, so neither the repository's own
+  pin nor the developer's shell leak in, and no test can act on this checkout.
 - Tests use the session MLflow servers (tests/conftest.py); the model name
   ``spy-direction`` is fixed, so they assert versions relative to each other.
 - ``train`` runs the real ``primer train`` CLI in-process (click's CliRunner).
@@ -24,7 +25,7 @@ from ml.data import synthetic_prices
 PRIMER_VARS = (
     "PRIMER_DATA_SOURCE", "PRIMER_SYNTHETIC_SEED", "PRIMER_MODE", "PRIMER_REPLAY_START",
     "PRIMER_REPLAY_EPOCH", "PRIMER_REPLAY_INTERVAL_SECONDS", "PRIMER_EVAL_DAYS", "PRIMER_TRAIN_YEARS",
-    "PRIMER_CANDIDATES_FILE", "PRIMER_PIN_FILE", "PRIMER_REPO_DIR",
+    "PRIMER_CANDIDATES_FILE", "PRIMER_PIN_FILE",
 )
 # A small grid keeps the integration tests quick; the packaged grid is tested in test_train.py.
 FAST_GRID = """\
@@ -43,6 +44,10 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     pin = tmp_path / "model-version.yaml"
     pin.write_text("model: spy-direction\nversion: null\n")
     monkeypatch.setenv("PRIMER_PIN_FILE", str(pin))
+    # Never this checkout: whatever a test runs (git_sha, a promotion step) sees an empty folder.
+    no_repo = tmp_path / "no-repo"
+    no_repo.mkdir()
+    monkeypatch.setenv("PRIMER_REPO_DIR", str(no_repo))
     return pin
 
 

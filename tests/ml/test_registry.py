@@ -57,7 +57,7 @@ def test_two_runs_register_then_rescore_the_pinned_champion(any_mlflow_server, t
     v1 = client.get_model_version(MODEL_NAME, str(n))
     assert v1.tags[Tag.PROMOTION_STATUS] == "candidate"
     assert v1.tags[Tag.DATA_SOURCE] == "synthetic:7"
-    assert len(v1.tags[Tag.GIT_SHA]) in (40, len("unknown"))
+    assert v1.tags[Tag.GIT_SHA] == registry.git_sha()  # "unknown": tests run outside a checkout
     eval_start, eval_end = date.fromisoformat(v1.tags[Tag.EVAL_START]), date.fromisoformat(v1.tags[Tag.EVAL_END])
     assert eval_end < FIRST_ANCHOR and np.busday_count(eval_start, eval_end) >= 59
     assert client.get_model_version_by_alias(MODEL_NAME, CHALLENGER_ALIAS).version == str(n)
@@ -156,3 +156,15 @@ def test_every_family_round_trips_through_skops(family: str, mlflow_server, mark
     loaded = mlflow.sklearn.load_model(info.model_uri)
     X = w.eval.loc[:, list(FEATURE_COLUMNS)]
     assert np.allclose(loaded.predict_proba(X), model.predict_proba(X))
+
+
+def test_git_sha_of_a_checkout_and_outside_one(tmp_path: Path):
+    import subprocess
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "x"], cwd=repo, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    assert registry.git_sha(repo) == head and len(head) == 40
+    assert registry.git_sha(tmp_path / "no-repo") == "unknown"
