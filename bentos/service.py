@@ -28,7 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from bentos.runtime import Answer, Runtime, Settings
+from bentos.runtime import Answer, Runtime, Settings, log
 from promotion.names import CHAMPION_ALIAS, MODEL_NAME
 
 DEFAULT_THRESHOLD = 0.5
@@ -152,13 +152,15 @@ class PrimerMiddleware:
 
     def __init__(self, app: Any) -> None:
         self.app = app
+        self.service: PrimerService | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             path, method = scope["path"], scope["method"]
             if path == "/predictionForTomorrow" and method == "GET":
                 m = _FAST_QUERY.fullmatch(scope["query_string"])
-                service = _current_service()
+                service = self.service or _current_service()
+                self.service = service
                 answer = service.runtime.answer if (m and service is not None) else None
                 if answer is not None:
                     service.count_prediction(answer.model_version)
@@ -198,7 +200,7 @@ def _unavailable(runtime: Runtime) -> JSONResponse:
     # One worker: the model, its caches and both watcher threads live once per
     # worker, and the steady-state request does no model work anyway.
     workers=1,
-    traffic={"timeout": 30},
+    traffic={"timeout": 10},
 )
 @bentoml.asgi_app(app, path="/")
 class PrimerService:
@@ -207,16 +209,26 @@ class PrimerService:
         # (done by the time the instance is created), or /metrics would never show it.
         from prometheus_client import Counter
 
+        from bentos.bentoml_fixes import cancel_request_timers
+
+        if not cancel_request_timers():
+            log.warning("BentoML's TimeoutMiddleware changed; its per-request timers are not cancelled")
+
         self.predictions = Counter(
             "primer_predictions",
             "Predictions served, by model version and route",
             labelnames=("model_version", "route"),
         )
+        self._counters: dict[tuple[str, str], Any] = {}
         self.runtime = Runtime(Settings.from_env())
         self.runtime.start()  # returns at once; loading happens in the background
 
     def count_prediction(self, version: str, route: str = "predictionForTomorrow", n: int = 1) -> None:
-        self.predictions.labels(version, route).inc(n)
+        # labels() takes a lock and a dict lookup; the hot path reuses the child.
+        child = self._counters.get((version, route))
+        if child is None:
+            child = self._counters[(version, route)] = self.predictions.labels(version, route)
+        child.inc(n)
 
     async def __is_ready__(self) -> bool:
         return self.runtime.ready

@@ -1,0 +1,49 @@
+"""The TimeoutMiddleware fix: timers are cancelled after each request; timeouts still answer 504."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+from bentos.bentoml_fixes import cancel_request_timers
+
+
+async def _call(mw: Any) -> list[dict]:
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await mw({"type": "http", "method": "GET", "path": "/x", "headers": []}, receive, send)
+    return sent
+
+
+async def _ok_app(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def _slow_app(scope: Any, receive: Any, send: Any) -> None:
+    await asyncio.sleep(5)
+
+
+def test_timers_are_cancelled_and_timeouts_still_504() -> None:
+    assert cancel_request_timers() in (True, False)
+    assert getattr(TimeoutMiddleware, "_primer_cancels_timer", False), "patch not applied to bentoml's middleware"
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        mw = TimeoutMiddleware(_ok_app, timeout=60)
+        for _ in range(20):
+            assert (await _call(mw))[0]["status"] == 200
+        # Without the fix, 20 live 60-second timers (each holding its request's context) stay queued.
+        assert not [h for h in loop._scheduled if not h.cancelled()]  # noqa: SLF001
+        slow = TimeoutMiddleware(_slow_app, timeout=0.05)
+        assert (await _call(slow))[0]["status"] == 504
+
+    asyncio.run(scenario())
