@@ -191,8 +191,12 @@ def _current_service() -> PrimerService | None:
 
 def _unavailable(runtime: Runtime) -> JSONResponse:
     status = runtime.status()
-    reason = status["last_error"] or ("loading the pinned model" if status["pinned_version"] else "no model pinned yet")
-    return JSONResponse(status_code=503, content={"error": f"model not loaded: {reason}", "detail": status})
+    if status["ready"]:  # a model, but neither fresh data nor a stored feature row
+        error = f"no feature row for tomorrow yet: {status['feature_error'] or 'fetching market data'}"
+    else:
+        reason = status["last_error"] or ("loading the pinned model" if status["pinned_version"] else "no model pinned yet")
+        error = f"model not loaded: {reason}"
+    return JSONResponse(status_code=503, content={"error": error, "detail": status})
 
 
 @bentoml.service(
