@@ -20,6 +20,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from tenacity import retry, stop_after_attempt, wait_exponential
+
 from promotion import gitops, registry
 from promotion.evidence import LOWER_IS_BETTER, Evaluation, Scores
 from promotion.forge import Forge, ForgeError, PullRequest, forge_from_env
@@ -269,13 +271,21 @@ def _propose(e: Evaluation, verdict: Verdict, policy: Policy, settings: Promotio
     # Even a direct bootstrap commit is only "proposed" until Argo CD (or `primer up`) runs
     # `primer registry sync`, which is what marks a version promoted and moves the champion alias.
     try:
-        registry.set_status(c, n, PromotionStatus.PROPOSED)
-        if outcome.pr_url:
-            c.set_model_version_tag(e.model_name, str(n), Tag.PROMOTION_PR.value, outcome.pr_url)
-        c.set_registered_model_alias(e.model_name, CHALLENGER_ALIAS, str(n))
+        _tag_proposed(c, e.model_name, n, outcome.pr_url)
     except Exception as exc:  # git and the forge are done; re-running reuses them and tags again
         raise ProposalError(f"{outcome.message}, but tagging {e.model_name} v{n} in MLflow failed: {exc}") from exc
     return outcome
+
+
+# Two runs racing on the same version both write the same tags and alias; the
+# registry's SQL store can refuse one of the simultaneous writes (a unique
+# alias row). The writes are idempotent, so a short retry settles the race.
+@retry(stop=stop_after_attempt(4), wait=wait_exponential(multiplier=0.2, max=2), reraise=True)
+def _tag_proposed(c: Any, model: str, n: int, pr_url: str | None) -> None:
+    registry.set_status(c, n, PromotionStatus.PROPOSED)
+    if pr_url:
+        c.set_model_version_tag(model, str(n), Tag.PROMOTION_PR.value, pr_url)
+    c.set_registered_model_alias(model, CHALLENGER_ALIAS, str(n))
 
 
 def _require_registered(c: Any, e: Evaluation) -> None:
