@@ -23,7 +23,7 @@ from pathlib import Path
 import click
 import httpx
 
-from ml.servers import ServerError, _bin, mlflow_server_command, port_in_use, stop_process, wait_http
+from ml.servers import ServerError, _bin, mlflow_server_command, mlflow_server_env, port_in_use, stop_process, wait_http
 from promotion.names import MLFLOW_PORT, MODEL_NAME, SERVING_PORT
 from promotion.pin import PinError, default_pin_path, read_pin, repo_root
 
@@ -158,7 +158,7 @@ def up(*, offline: bool, source: str | None, mlflow_port: int, port: int, retrai
             log = sdir / "logs" / "mlflow.log"
             cmd = mlflow_server_command(f"sqlite:///{sdir / 'mlflow.db'}", sdir / "mlartifacts", mlflow_port)
             (sdir / "mlartifacts").mkdir(parents=True, exist_ok=True)
-            proc = _spawn(cmd, log, env, repo)
+            proc = _spawn(cmd, log, mlflow_server_env(env), repo)
             started.append(proc)
             wait_http(f"{tracking_uri}/health", MLFLOW_START_TIMEOUT, proc, log)
             state.processes["mlflow"] = Process(pid=proc.pid, port=mlflow_port, log=str(log))
