@@ -32,6 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from promotion.names import MODEL_NAME
 from promotion.pin import PinError, default_pin_path, parse_pin
+from promotion.registry import tracking_uri as configured_tracking_uri
 
 log = logging.getLogger("bentoml.primer")
 
@@ -56,7 +57,7 @@ class Settings:
     def from_env(cls) -> Settings:
         return cls(
             pin_file=default_pin_path(),  # PRIMER_PIN_FILE, else the repo's pin
-            tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000"),
+            tracking_uri=configured_tracking_uri(),  # MLFLOW_TRACKING_URI, else the local default
             data_source=os.environ.get("PRIMER_DATA_SOURCE", "yfinance"),
             pin_poll_seconds=_positive_float("PRIMER_PIN_POLL_SECONDS", 2.0),
             feature_ttl_seconds=_positive_float("PRIMER_FEATURE_TTL_SECONDS", 3600.0),

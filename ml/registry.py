@@ -19,18 +19,17 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import httpx
 import mlflow
 import pandas as pd
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from ml.features import FEATURE_COLUMNS
-from promotion.names import CHALLENGER_ALIAS, EXPERIMENT_NAME, MODEL_NAME, PromotionStatus, Tag
+from promotion.names import CHALLENGER_ALIAS, EXPERIMENT_NAME, MLFLOW_PORT, MODEL_NAME, PromotionStatus, Tag
+from promotion.registry import RegistryUnreachable, probe, tracking_uri
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
 LATEST_FEATURES_ARTIFACT = "serving/latest_features.json"
 DATA_ARTIFACT_DIR = "data"
 DATA_ARTIFACT_FILE = "prices.csv"
@@ -41,22 +40,16 @@ class RegistryError(RuntimeError):
     """MLflow is unreachable or refused an operation; the message names the server."""
 
 
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-
-
 def connect(uri: str | None = None, timeout: float = 10.0) -> str:
     """Point MLflow at ``uri`` (default MLFLOW_TRACKING_URI) and check an HTTP server answers."""
     uri = uri or tracking_uri()
-    if uri.startswith(("http://", "https://")):
-        try:
-            r = httpx.get(uri.rstrip("/") + "/health", timeout=timeout)
-            r.raise_for_status()
-        except httpx.HTTPError as exc:
-            raise RegistryError(
-                f"MLflow tracking server {uri} is not reachable ({type(exc).__name__}: {exc}); "
-                "start one (e.g. `mlflow server --port 5000`) or set MLFLOW_TRACKING_URI"
-            ) from exc
+    try:
+        probe(uri, timeout)  # file: and sqlite: stores pass: nothing to reach
+    except RegistryUnreachable as exc:
+        raise RegistryError(
+            f"MLflow tracking server {uri} is not reachable ({exc.reason}); "
+            f"start one (e.g. `mlflow server --port {MLFLOW_PORT}`) or set MLFLOW_TRACKING_URI"
+        ) from exc
     # The pipeline prints its own progress; MLflow would add two URL lines per nested run.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     mlflow.set_tracking_uri(uri)

@@ -25,6 +25,10 @@ MLFLOW_PORT = 5000
 SERVING_NODE_PORT = 30951
 WORKER_IP = "192.168.56.21"
 
+# Where the CLI, the pipeline and the service look for MLflow when
+# MLFLOW_TRACKING_URI is unset: the server `primer up` starts.
+DEFAULT_TRACKING_URI = f"http://127.0.0.1:{MLFLOW_PORT}"
+
 
 class Tag(StrEnum):
     """Tags on registered model versions (the promotion story)."""

@@ -12,16 +12,22 @@ from dataclasses import dataclass
 
 import httpx
 
-from promotion.names import CHALLENGER_ALIAS, CHAMPION_ALIAS, MODEL_NAME, PromotionStatus, Tag
-
-DEFAULT_TRACKING_URI = "http://127.0.0.1:5000"
+from promotion.names import (
+    CHALLENGER_ALIAS, CHAMPION_ALIAS, DEFAULT_TRACKING_URI, MODEL_NAME, PromotionStatus, Tag,
+)
 
 
 class RegistryUnreachable(RuntimeError):
-    """MLflow did not answer; the message says where we looked."""
+    """MLflow did not answer; the message says where we looked, ``reason`` what went wrong."""
+
+    def __init__(self, uri: str, reason: str) -> None:
+        super().__init__(f"MLflow at {uri} is unreachable ({reason})")
+        self.uri = uri
+        self.reason = reason
 
 
 def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI``, else the local server ``primer up`` starts."""
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
@@ -32,9 +38,9 @@ def probe(uri: str, timeout: float = 3.0) -> None:
     try:
         r = httpx.get(uri.rstrip("/") + "/health", timeout=timeout)
     except httpx.HTTPError as exc:
-        raise RegistryUnreachable(f"MLflow at {uri} is unreachable ({type(exc).__name__})") from exc
+        raise RegistryUnreachable(uri, f"{type(exc).__name__}: {exc}") from exc
     if r.status_code != 200:
-        raise RegistryUnreachable(f"MLflow at {uri} answered HTTP {r.status_code} on /health")
+        raise RegistryUnreachable(uri, f"HTTP {r.status_code} on /health")
 
 
 def client(uri: str | None = None):  # type: ignore[no-untyped-def]
