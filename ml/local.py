@@ -212,10 +212,18 @@ def up(*, offline: bool, source: str | None, mlflow_port: int, port: int, retrai
 def _summary(repo: Path, tracking_uri: str, port: int, mlflow_port: int, elapsed: float) -> None:
     api = f"http://127.0.0.1:{port}"
     try:
-        answer = httpx.get(f"{api}/predictionForTomorrow", params={"threshold": 0.5}, timeout=10).text
+        answer = httpx.get(f"{api}/predictionForTomorrow", params={"threshold": 0.3}, timeout=10).text
     except httpx.HTTPError as exc:
         answer = f"(no answer yet: {exc})"
-    ports = "" if mlflow_port == MLFLOW_PORT else f"MLFLOW_TRACKING_URI={tracking_uri} "
+    prefix = "" if mlflow_port == MLFLOW_PORT else f"MLFLOW_TRACKING_URI={tracking_uri} "
+    next_steps = [
+        (f"{prefix}primer train --source synthetic:7", "train again; a winner becomes a promote/... branch"),
+        (f"git merge promote/{MODEL_NAME}-vN", "promote: the service swaps without a restart"),
+        (f"{prefix}primer rollback", "roll back to the previous pin (a commit)"),
+        (f"{prefix}primer status --service-url {api}", "pin vs MLflow aliases vs what serves: drift?"),
+        ("primer down", "stop the servers (state in .primer/ is kept)"),
+    ]
+    width = max(len(cmd) for cmd, _ in next_steps) + 3
     click.echo("")
     click.secho(f"The loop is up ({elapsed:.0f}s).", fg="green", bold=True)
     click.echo(f"""
@@ -225,13 +233,9 @@ def _summary(repo: Path, tracking_uri: str, port: int, mlflow_port: int, elapsed
   What serves    {api}/model
   The pin        {default_pin_path()}  (git decides what serves)
 
-Next:
-  {ports}primer train --source synthetic:7    train again; a winner becomes a promote/... branch
-  git merge promote/{MODEL_NAME}-vN            promote (the service swaps without restart)
-  {ports}primer rollback                       roll back to the previous pin
-  {ports}primer status{'' if port == SERVING_PORT else f' --service-url {api}'}                         pin, aliases, served version, drift
-  primer down                                  stop the servers (state in .primer/ is kept)
-""")
+Next:""")
+    for cmd, why in next_steps:
+        click.echo(f"  {cmd.ljust(width)}{why}")
 
 
 def down() -> None:
