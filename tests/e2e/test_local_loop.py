@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -157,3 +158,28 @@ def test_primer_up_names_a_busy_port(loop_repo: tuple[Path, dict[str, str]]) -> 
         done = _primer(repo, env, "up", "--offline", "--mlflow-port", str(port), "--port", str(free_port()), timeout=60)
     assert done.returncode != 0
     assert str(port) in done.stderr and "--mlflow-port" in done.stderr
+
+
+def test_ctrl_c_during_up_stops_what_it_started(loop_repo: tuple[Path, dict[str, str]]) -> None:
+    repo, env = loop_repo
+    mlflow_port = free_port()
+    env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{mlflow_port}"
+    # Its own process group, like a shell's foreground job: Ctrl-C signals the whole group.
+    proc = subprocess.Popen([_bin("primer"), "up", "--offline", "--mlflow-port", str(mlflow_port),
+                             "--port", str(free_port())], cwd=repo, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        state = repo / ".primer" / "state.json"
+        while not state.exists():  # MLflow is up and recorded: training comes next
+            assert proc.poll() is None and time.monotonic() < deadline, "primer up ended before MLflow was up"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out + err
+    assert "interrupted" in err
+    assert not port_in_use(mlflow_port)  # the MLflow server this run started is gone
+    assert state.exists() and (repo / ".primer" / "mlflow.db").exists()  # state kept for the next `primer up`
