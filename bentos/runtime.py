@@ -30,15 +30,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from promotion.evidence import METRICS
 from promotion.names import MODEL_NAME
 from promotion.pin import PinError, default_pin_path, parse_pin
 from promotion.registry import tracking_uri as configured_tracking_uri
 
 log = logging.getLogger("bentoml.primer")
 
-# Stored with every model version by the pipeline (see the model contract).
-LATEST_FEATURES_ARTIFACT = "serving/latest_features.json"
-METRIC_KEYS = ("accuracy", "balanced_accuracy", "roc_auc", "log_loss", "brier")
 # Calendar days of prices fetched for tomorrow's row: WARMUP_ROWS + 5 trading
 # days are needed; 60 calendar days cover that across holidays.
 LOOKBACK_DAYS = 60
@@ -136,6 +134,7 @@ def load_version(tracking_uri: str, version: int) -> LoadedModel:
     from mlflow import MlflowClient
 
     from ml.features import FEATURE_COLUMNS
+    from ml.registry import LATEST_FEATURES_ARTIFACT  # written there by the pipeline
 
     client = MlflowClient(tracking_uri=tracking_uri)
     mv = client.get_model_version(MODEL_NAME, str(version))
@@ -159,7 +158,7 @@ def load_version(tracking_uri: str, version: int) -> LoadedModel:
         version=version,
         run_id=mv.run_id,
         estimator=estimator,
-        metrics={k: float(run.data.metrics[k]) for k in METRIC_KEYS if k in run.data.metrics},
+        metrics={k: float(run.data.metrics[k]) for k in METRICS if k in run.data.metrics},
         loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
         stored_row=stored_row,
         stored_as_of=stored_as_of,

@@ -22,7 +22,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, brier_score
 
 from ml.features import LABEL, labeled
 from ml.train import predict_up
-from promotion.evidence import LOWER_IS_BETTER, Scores
+from promotion.evidence import LOWER_IS_BETTER, METRICS, Scores
 
 MIN_EVAL_DAYS = 60
 DEFAULT_EVAL_DAYS = 60
@@ -143,7 +143,7 @@ def better(a: Scores, b: Scores, metric: str) -> bool:
 def metrics_dict(scores: Scores, prefix: str = "") -> dict[str, float]:
     """MLflow-loggable metrics (None values left out)."""
     out = {}
-    for key in ("accuracy", "balanced_accuracy", "roc_auc", "log_loss", "brier"):
+    for key in METRICS:
         value = scores.get(key)
         if value is not None and not (isinstance(value, float) and math.isnan(value)):
             out[prefix + key] = float(value)

@@ -20,8 +20,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ml.features import FEATURE_COLUMNS, LABEL
-
-SELECT_METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "log_loss", "brier")
+from promotion.evidence import METRICS as SELECT_METRICS
 RANDOM_STATE = 42
 PACKAGED_GRID = Path(__file__).with_name("candidates.yaml")
 

@@ -6,7 +6,7 @@ import ``ml``. Plain frozen dataclasses: easy to build, compare and render.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import date
 
 
@@ -24,6 +24,9 @@ class Scores:
         return asdict(self)[metric]
 
 
+# Every metric name, in Scores' order: what the pipeline logs, the gate and the
+# candidate grid may select by, the PR tables list and /model reports.
+METRICS: tuple[str, ...] = tuple(f.name for f in fields(Scores))
 # Metrics where lower is better; everything else is higher-is-better.
 LOWER_IS_BETTER = frozenset({"log_loss", "brier"})
 

@@ -15,11 +15,10 @@ from typing import Literal
 
 import yaml
 
-from promotion.evidence import LOWER_IS_BETTER, Evaluation, Scores
+from promotion.evidence import LOWER_IS_BETTER, METRICS, Evaluation
 from promotion.names import POLICY_PATH
 from promotion.pin import repo_root
 
-METRICS = tuple(Scores.__dataclass_fields__)
 BOOTSTRAP_MODES = ("commit", "propose")
 # Float subtraction noise (0.53 - 0.52 = 0.00999...) must not flip a decision at the threshold.
 _EPS = 1e-9

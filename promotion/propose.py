@@ -23,7 +23,7 @@ from typing import Any
 from tenacity import retry, stop_after_attempt, wait_exponential
 
 from promotion import gitops, registry
-from promotion.evidence import LOWER_IS_BETTER, Evaluation, Scores
+from promotion.evidence import LOWER_IS_BETTER, METRICS, Evaluation, Scores
 from promotion.forge import Forge, ForgeError, PullRequest, forge_from_env
 from promotion.gitops import GitError
 from promotion.names import (
@@ -115,7 +115,7 @@ def commit_message(e: Evaluation, v: Verdict) -> str:
     lines = [promotion_title(e.challenger_version, e.model_name), ""]
     if e.champion is not None and e.champion_version is not None:
         lines.append(f"Scores on the same window (delta > 0: v{e.challenger_version} is better):")
-        for metric in Scores.__dataclass_fields__:
+        for metric in METRICS:
             a, b = e.challenger.get(metric), e.champion.get(metric)
             if a is None or b is None:
                 continue
@@ -147,18 +147,17 @@ def pr_body(e: Evaluation, v: Verdict, policy: Policy) -> str:
         f"| metric | challenger v{n} | champion {'v' + str(c) if c is not None else '—'} | Δ (better if > 0) |",
         "|---|---|---|---|",
     ]
-    for metric in Scores.__dataclass_fields__:
+    for metric in METRICS:
         a = e.challenger.get(metric)
         b = e.champion.get(metric) if e.champion is not None else None
         d = None if a is None or b is None else ((b - a) if metric in LOWER_IS_BETTER else (a - b))
         name = f"**{metric}** (decides)" if metric == policy.metric else metric
         out.append(f"| {name} | {_fmt(a)} | {_fmt(b)} | {'n/a' if d is None else f'{d:+.4f}'} |")
     if e.baselines:
-        metrics = list(Scores.__dataclass_fields__)
-        out += ["", "### Naive baselines (same window)", "", "| baseline | " + " | ".join(metrics) + " |",
-                "|---" * (len(metrics) + 1) + "|"]
+        out += ["", "### Naive baselines (same window)", "", "| baseline | " + " | ".join(METRICS) + " |",
+                "|---" * (len(METRICS) + 1) + "|"]
         for name, s in e.baselines.items():
-            out.append(f"| {name} | " + " | ".join(_fmt(s.get(m)) for m in metrics) + " |")
+            out.append(f"| {name} | " + " | ".join(_fmt(s.get(m)) for m in METRICS) + " |")
     out += [
         "", f"### Gate (`{POLICY_PATH}`)", "",
         f"- metric: `{policy.metric}`; min_improvement: {policy.min_improvement}; "
