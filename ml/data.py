@@ -83,14 +83,23 @@ def parse_spec(spec: str) -> SourceSpec:
 
 
 def default_source() -> str:
-    return os.environ.get("PRIMER_DATA_SOURCE", "yfinance")
+    """``PRIMER_DATA_SOURCE``, else yfinance (an empty value, as a manifest may set, counts as unset)."""
+    return os.environ.get("PRIMER_DATA_SOURCE") or "yfinance"
+
+
+def _env_seed() -> int:
+    text = os.environ.get("PRIMER_SYNTHETIC_SEED") or str(DEFAULT_SEED)
+    try:
+        return int(text)
+    except ValueError:
+        raise DataSourceError(f"PRIMER_SYNTHETIC_SEED must be an integer, got {text!r}") from None
 
 
 def load_prices(spec: str, *, end: date | None = None, start: date | None = None) -> pd.DataFrame:
     """Daily bars from the source ``spec``, limited to ``start <= date <= end`` when given."""
     parsed = parse_spec(spec)
     if parsed.kind == "synthetic":
-        seed = int(parsed.arg) if parsed.arg is not None else int(os.environ.get("PRIMER_SYNTHETIC_SEED", DEFAULT_SEED))
+        seed = int(parsed.arg) if parsed.arg is not None else _env_seed()
         frame = synthetic_prices(seed=seed, end=end or date.today())
     elif parsed.kind == "csv":
         frame = csv_prices(Path(parsed.arg or ""))

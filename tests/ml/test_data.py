@@ -58,6 +58,19 @@ def test_synthetic_spec_and_env_seed(monkeypatch: pytest.MonkeyPatch):
     assert len(windowed) < len(via_env)
 
 
+def test_bad_env_seed_is_named_and_empty_env_means_default(monkeypatch: pytest.MonkeyPatch):
+    # A malformed seed used to escape as a bare int() ValueError (a traceback from primer train).
+    monkeypatch.setenv("PRIMER_SYNTHETIC_SEED", "seven")
+    with pytest.raises(DataSourceError, match="PRIMER_SYNTHETIC_SEED must be an integer, got 'seven'"):
+        load_prices("synthetic", end=date(2015, 1, 30))
+    # Empty values (as a manifest may set them) mean "unset", not an empty seed or source.
+    monkeypatch.setenv("PRIMER_SYNTHETIC_SEED", "")
+    pd.testing.assert_frame_equal(load_prices("synthetic", end=date(2015, 1, 30)),
+                                  load_prices(f"synthetic:{data.DEFAULT_SEED}", end=date(2015, 1, 30)))
+    monkeypatch.setenv("PRIMER_DATA_SOURCE", "")
+    assert data.default_source() == "yfinance"
+
+
 @pytest.mark.parametrize("spec", ["", "csv:", "yahoo", "synthetic:abc", "yfinance:SPY"])
 def test_bad_specs_are_named(spec: str):
     with pytest.raises(DataSourceError, match="source"):
