@@ -56,7 +56,10 @@ class Settings:
         return cls(
             pin_file=default_pin_path(),  # PRIMER_PIN_FILE, else the repo's pin
             tracking_uri=configured_tracking_uri(),  # MLFLOW_TRACKING_URI, else the local default
-            data_source=os.environ.get("PRIMER_DATA_SOURCE", "yfinance"),
+            # ml.data.default_source()'s rule, re-stated: importing ml.data here would load pandas
+            # before the worker answers /livez (the model thread loads it in the background).
+            # An empty value (as a manifest may set) means unset; test_runtime checks they agree.
+            data_source=os.environ.get("PRIMER_DATA_SOURCE") or "yfinance",
             pin_poll_seconds=_positive_float("PRIMER_PIN_POLL_SECONDS", 2.0),
             feature_ttl_seconds=_positive_float("PRIMER_FEATURE_TTL_SECONDS", 3600.0),
         )

@@ -48,6 +48,19 @@ def _runtime(pin: Path, loader: Loader, fetch: object = None) -> Runtime:
     return Runtime(settings, loader=loader, fetcher=fetch or no_data)  # type: ignore[arg-type]
 
 
+def test_settings_from_env_treat_empty_values_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ml.data import default_source
+    from promotion.names import DEFAULT_TRACKING_URI
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    monkeypatch.setenv("PRIMER_DATA_SOURCE", "")
+    s = Settings.from_env()
+    assert s.tracking_uri == DEFAULT_TRACKING_URI
+    assert s.data_source == default_source() == "yfinance"  # the pipeline's default, same rule
+    monkeypatch.setenv("PRIMER_DATA_SOURCE", "synthetic")
+    assert Settings.from_env().data_source == default_source() == "synthetic"
+
+
 def _tick(rt: Runtime) -> None:
     rt.check_pin()
     rt.load_if_needed()
