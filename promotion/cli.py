@@ -236,7 +236,7 @@ def _fmt_v(v: int | None) -> str:
 def status(service_url: str | None, strict: bool) -> None:
     """Pin (git) vs champion/challenger aliases (MLflow) vs the running service, and open promotion PRs."""
     drift: list[str] = []
-    pin_path = default_pin_path()
+    pin_path = default_pin_path().resolve()  # absolute: `git log` below runs in the pin's folder
     try:
         pin: Pin | None = read_pin(pin_path)
     except PinError as exc:

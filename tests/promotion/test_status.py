@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from promotion.cli import COMMANDS
+from promotion.names import PIN_PATH
 from tests.promotion.conftest import Registry, Repos
 
 CLI = click.Group("primer", commands=list(COMMANDS))
@@ -65,3 +66,17 @@ def test_status_reports_service_drift(promo_env: Repos, promo_mlflow: Registry, 
     r = runner.invoke(CLI, ["status", "--strict"], env={"PRIMER_SERVICE_URL": url})
     assert r.exit_code == 0, r.output
     assert f"service:              v{v}" in r.output and "in sync" in r.output and "DRIFT" not in r.output
+
+
+def test_status_names_the_pinning_commit_with_a_relative_pin_file(
+        promo_env: Repos, promo_mlflow: Registry, new_version: Callable[[], tuple[int, str]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # PRIMER_PIN_FILE relative to the cwd used to be looked up again from the pin's own folder.
+    v, _ = new_version()
+    runner = CliRunner()
+    assert runner.invoke(CLI, ["promote", str(v)]).exit_code == 0
+    monkeypatch.chdir(promo_env.work)
+    monkeypatch.setenv("PRIMER_PIN_FILE", PIN_PATH)
+    r = runner.invoke(CLI, ["status"])
+    assert r.exit_code == 0, r.output
+    assert f"pin (git):            v{v}   [" in r.output and f" Promote spy-direction to v{v}]" in r.output
