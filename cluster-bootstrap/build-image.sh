@@ -28,7 +28,7 @@ buildctl build \
   --opt filename=Dockerfile \
   --output "type=image,name=$image,push=true,registry.insecure=true"
 
-curl -fsS "http://$CONTROL_PLANE_IP:$REGISTRY_PORT/v2/${IMAGE_REPOSITORY#*/}/manifests/$IMAGE_TAG" \
+curl -fsS --max-time 20 "http://$CONTROL_PLANE_IP:$REGISTRY_PORT/v2/${IMAGE_REPOSITORY#*/}/manifests/$IMAGE_TAG" \
   -H 'Accept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json' \
   >/dev/null || die "pushed $image but the registry does not list it"
 log "pushed $image"

@@ -75,7 +75,10 @@ kubectl apply --server-side --force-conflicts -k "$calico_dir" >/dev/null
 kubectl -n kube-system rollout status daemonset/calico-node --timeout=600s
 
 log "local-path-provisioner $LOCAL_PATH_VERSION as the default StorageClass"
-kubectl apply --server-side --force-conflicts -f "$LOCAL_PATH_MANIFEST_URL" >/dev/null
+# Through the download cache (bounded, retried; a re-provision applies the same file).
+local_path_manifest=/var/cache/primer-bootstrap/local-path-$LOCAL_PATH_VERSION.yaml
+download "$LOCAL_PATH_MANIFEST_URL" "$local_path_manifest"
+kubectl apply --server-side --force-conflicts -f "$local_path_manifest" >/dev/null
 kubectl patch storageclass local-path --type merge \
   -p '{"metadata":{"annotations":{"storageclass.kubernetes.io/is-default-class":"true"}}}' >/dev/null
 
@@ -83,7 +86,7 @@ log "image registry on $CONTROL_PLANE_IP:$REGISTRY_PORT"
 install -d -o 1000 -g 1000 /var/lib/primer-registry
 render "$BOOTSTRAP_DIR/manifests/registry.yaml" | kubectl apply --server-side --force-conflicts -f - >/dev/null
 kubectl -n registry rollout status deployment/registry --timeout=600s
-retry 30 2 curl -fsS "http://$CONTROL_PLANE_IP:$REGISTRY_PORT/v2/" >/dev/null \
+retry 30 2 curl -fsS --max-time 5 "http://$CONTROL_PLANE_IP:$REGISTRY_PORT/v2/" >/dev/null \
   || die "registry does not answer on http://$CONTROL_PLANE_IP:$REGISTRY_PORT/v2/"
 
 log "BuildKit $BUILDKIT_VERSION (builds the project image inside the VM, no Docker)"

@@ -30,11 +30,17 @@ retry() {
   return 1
 }
 
-# download URL DEST: fetch once (idempotent), failing loudly with the URL.
+# Bounded curl: a stalled connection fails instead of hanging the provisioning
+# (connect within 20 s; abort a transfer slower than 1 KiB/s for 60 s).
+CURL_LIMITS=(--connect-timeout 20 --speed-limit 1024 --speed-time 60)
+
+# download URL DEST: fetch once (idempotent), failing loudly with the URL. Also for
+# upstream manifests: the cached copy is what a re-provision applies again.
 download() {
   local url=$1 dest=$2
   [ -s "$dest" ] && return 0
-  retry 5 5 curl -fsSL --retry 3 -o "$dest.part" "$url" || die "download failed: $url"
+  mkdir -p "$(dirname "$dest")"
+  retry 5 5 curl -fsSL "${CURL_LIMITS[@]}" --retry 3 -o "$dest.part" "$url" || die "download failed: $url"
   mv "$dest.part" "$dest"
 }
 

@@ -71,8 +71,11 @@ EOF
 
 log "kubeadm, kubelet, kubectl $K8S_VERSION from pkgs.k8s.io ($K8S_MINOR)"
 install -d -m 0755 /etc/apt/keyrings
+# Download first (bounded, retried), then dearmor: a failed fetch never leaves a
+# half-written keyring that the -s check below would take for a good one.
+download "${K8S_APT_URL}Release.key" "$cache/kubernetes-$K8S_MINOR-Release.key"
 if [ ! -s /etc/apt/keyrings/kubernetes-apt-keyring.gpg ]; then
-  curl -fsSL "${K8S_APT_URL}Release.key" | gpg --dearmor -o /etc/apt/keyrings/kubernetes-apt-keyring.gpg
+  gpg --batch --yes --dearmor -o /etc/apt/keyrings/kubernetes-apt-keyring.gpg "$cache/kubernetes-$K8S_MINOR-Release.key"
 fi
 echo "deb [signed-by=/etc/apt/keyrings/kubernetes-apt-keyring.gpg] $K8S_APT_URL /" >/etc/apt/sources.list.d/kubernetes.list
 apt-get update -qq

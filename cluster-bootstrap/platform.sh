@@ -38,11 +38,12 @@ fi
 log "Gitea ($GITEA_IMAGE)"
 render "$BOOTSTRAP_DIR/manifests/gitea.yaml" | kubectl apply --server-side --force-conflicts -f - >/dev/null
 kubectl -n gitea rollout status deployment/gitea --timeout=900s
-retry 60 5 curl -fsS "$gitea_api/version" >/dev/null || die "Gitea API does not answer at $gitea_api"
+retry 60 5 curl -fsS --max-time 10 "$gitea_api/version" >/dev/null || die "Gitea API does not answer at $gitea_api"
 
 gitea_user=$(secret_value gitea gitea-admin username)
 gitea_password=$(secret_value gitea gitea-admin password)
-gitea_cli() { kubectl -n gitea exec deploy/gitea -c gitea -- gitea "$@"; }
+# Bounded: an exec stream that stalls must not hang the provisioning forever.
+gitea_cli() { timeout 120 kubectl -n gitea exec deploy/gitea -c gitea -- gitea "$@"; }
 
 admins=$(gitea_cli admin user list --admin)
 if ! awk -v user="$gitea_user" 'NR > 1 && $2 == user {found = 1} END {exit !found}' <<<"$admins"; then
@@ -52,15 +53,15 @@ if ! awk -v user="$gitea_user" 'NR > 1 && $2 == user {found = 1} END {exit !foun
 fi
 
 repo_api="$gitea_api/repos/$GITEA_OWNER/$GITEA_REPO"
-if ! curl -fsS -u "$gitea_user:$gitea_password" "$repo_api" >/dev/null 2>&1; then
+if ! curl -fsS --max-time 20 -u "$gitea_user:$gitea_password" "$repo_api" >/dev/null 2>&1; then
   log "Gitea repository $GITEA_OWNER/$GITEA_REPO"
-  curl -fsS -u "$gitea_user:$gitea_password" -H 'Content-Type: application/json' \
+  curl -fsS --max-time 30 -u "$gitea_user:$gitea_password" -H 'Content-Type: application/json' \
     -d "{\"name\":\"$GITEA_REPO\",\"private\":true,\"default_branch\":\"main\",\"auto_init\":false}" \
     "$gitea_api/user/repos" >/dev/null || die "could not create repository $GITEA_OWNER/$GITEA_REPO in Gitea"
 fi
 
 # Seed only an empty repository: later commits (promotions, rollbacks) live in Gitea.
-if ! curl -fsS -u "$gitea_user:$gitea_password" "$repo_api/branches/main" >/dev/null 2>&1; then
+if ! curl -fsS --max-time 20 -u "$gitea_user:$gitea_password" "$repo_api/branches/main" >/dev/null 2>&1; then
   log "seeding Gitea with this checkout (HEAD of $REPO_DIR -> main)"
   seed=$(mktemp -d)
   trap 'rm -rf "$seed"' EXIT
@@ -77,7 +78,7 @@ if ! curl -fsS -u "$gitea_user:$gitea_password" "$repo_api/branches/main" >/dev/
   fi
   # Credentials in a one-command header, not in the URL (git echoes URLs in errors).
   basic=$(printf '%s:%s' "$gitea_user" "$gitea_password" | base64 -w0)
-  git -C "$seed/repo" -c http.extraHeader="Authorization: Basic $basic" push --quiet \
+  timeout 600 git -C "$seed/repo" -c http.extraHeader="Authorization: Basic $basic" push --quiet \
     "http://$WORKER_IP:$GITEA_NODE_PORT/$GITEA_OWNER/$GITEA_REPO.git" HEAD:refs/heads/main \
     || die "git push of the checkout to Gitea failed"
 fi
@@ -107,14 +108,21 @@ if ! secret_exists argocd repo-gitea; then
 fi
 
 log "Argo CD $ARGOCD_VERSION"
-kubectl apply -n argocd --server-side --force-conflicts -f "$ARGOCD_INSTALL_URL" >/dev/null
+# Through the download cache (bounded, retried; a re-provision applies the same file).
+argocd_manifest=/var/cache/primer-bootstrap/argocd-$ARGOCD_VERSION-install.yaml
+download "$ARGOCD_INSTALL_URL" "$argocd_manifest"
+kubectl apply -n argocd --server-side --force-conflicts -f "$argocd_manifest" >/dev/null
 # Our keys only (own field manager): re-applying install.yaml leaves them alone.
 kubectl apply --server-side --force-conflicts --field-manager=primer-bootstrap \
   -f "$BOOTSTRAP_DIR/manifests/argocd-cm.yaml" -f "$BOOTSTRAP_DIR/manifests/argocd-cmd-params-cm.yaml" >/dev/null
 render "$BOOTSTRAP_DIR/manifests/argocd-server-service.yaml" \
   | kubectl apply --server-side --force-conflicts --field-manager=primer-bootstrap -f - >/dev/null
-# argocd-cm is watched live; server.insecure (cmd-params) is read at start only.
-kubectl -n argocd rollout restart deployment/argocd-server >/dev/null
+# Most of argocd-cm is watched live, but timeout.reconciliation reaches the
+# application controller and the repo server as an env var (configMapKeyRef in
+# install.yaml), and server.insecure (cmd-params) is read at start: restart all
+# three so a first install and a re-provision both run with our settings.
+kubectl -n argocd rollout restart deployment/argocd-server deployment/argocd-repo-server >/dev/null
+kubectl -n argocd rollout restart statefulset/argocd-application-controller >/dev/null
 kubectl -n argocd rollout status deployment/argocd-server --timeout=900s
 kubectl -n argocd rollout status deployment/argocd-repo-server --timeout=900s
 kubectl -n argocd rollout status statefulset/argocd-application-controller --timeout=900s

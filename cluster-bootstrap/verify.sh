@@ -65,7 +65,7 @@ deadline=$((SECONDS + timeout))
 while [ "$SECONDS" -lt "$deadline" ]; do
   if converged; then
     echo "OK: every Application is Synced and Healthy and the API answers:"
-    curl -fsS "$api"
+    curl -fsS --max-time 20 "$api"
     echo
     exit 0
   fi

@@ -108,9 +108,24 @@ def test_argocd_cm_lets_kustomize_read_the_pin_outside_app_folders() -> None:
 
 def test_bootstrap_applies_argocd_pinned_and_server_side(lab) -> None:
     script = (REPO / "cluster-bootstrap" / "platform.sh").read_text()
-    assert 'kubectl apply -n argocd --server-side --force-conflicts -f "$ARGOCD_INSTALL_URL"' in script
+    # The pinned install.yaml, fetched through lib.sh's bounded download cache, applied server-side.
+    assert 'download "$ARGOCD_INSTALL_URL" "$argocd_manifest"' in script
+    assert 'kubectl apply -n argocd --server-side --force-conflicts -f "$argocd_manifest"' in script
     assert lab["ARGOCD_VERSION"].startswith("3.5.")
     assert lab["ARGOCD_INSTALL_URL"] == (
         f"https://raw.githubusercontent.com/argoproj/argo-cd/v{lab['ARGOCD_VERSION']}/manifests/install.yaml")
     for manifest in ("argocd-cm.yaml", "argocd-cmd-params-cm.yaml", "argocd-server-service.yaml", "root-application.yaml"):
         assert manifest in script, f"platform.sh does not apply {manifest}"
+
+
+def test_bootstrap_restarts_what_reads_argocd_cm_at_start() -> None:
+    # install.yaml feeds timeout.reconciliation to the controller and the repo server as an
+    # env var (configMapKeyRef) and the server reads server.insecure at start: a pod started
+    # before our argocd-cm keys landed keeps the defaults until it is restarted.
+    script = (REPO / "cluster-bootstrap" / "platform.sh").read_text()
+    applied = script.index("manifests/argocd-cm.yaml")
+    for workload in ("deployment/argocd-server", "deployment/argocd-repo-server",
+                     "statefulset/argocd-application-controller"):
+        restarts = [i for i in range(len(script)) if script.startswith(workload, i)
+                    and "rollout restart" in script[script.rfind("\n", 0, i):i]]
+        assert restarts and restarts[0] > applied, f"platform.sh must restart {workload} after applying argocd-cm"

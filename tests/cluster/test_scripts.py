@@ -159,3 +159,37 @@ def test_no_secret_is_built_from_an_unchecked_command_substitution() -> None:
     for path in BOOTSTRAP.glob("*.sh"):
         for number, line in enumerate(path.read_text().splitlines(), 1):
             assert not re.search(r"--from-literal=[A-Za-z_]+=\"?\$\((?!date )", line), f"{path.name}:{number}: {line.strip()}"
+
+
+def _commands(text: str) -> list[tuple[int, str]]:
+    """Script lines with backslash continuations joined (comments and heredoc text left as is)."""
+    out, buf, start = [], "", 0
+    for number, line in enumerate(text.splitlines(), 1):
+        if not buf:
+            start = number
+        buf += line.rstrip("\\").rstrip() + " " if line.endswith("\\") else line
+        if not line.endswith("\\"):
+            out.append((start, buf))
+            buf = ""
+    return out
+
+
+def test_network_calls_in_bootstrap_scripts_are_bounded() -> None:
+    # A provisioning step that waits on the network without a limit can hang `vagrant up`
+    # forever with no message. curl needs --max-time (or lib.sh's CURL_LIMITS), upstream
+    # manifests go through lib.sh's download (retries, limits, cache) instead of
+    # `kubectl apply -f URL`, and exec/push streams run under `timeout`.
+    problems = []
+    for path in sorted(BOOTSTRAP.glob("*.sh")):
+        for number, line in _commands(path.read_text()):
+            code = line.split("#", 1)[0] if line.lstrip().startswith("#") else line
+            if re.search(r"(^|[\s;|&(])curl\s+-", code) and "--max-time" not in code and "CURL_LIMITS" not in code:
+                if not re.match(r"\s*curl '\$api'$", code):  # text printed by access.sh for the user
+                    problems.append(f"{path.name}:{number}: curl without --max-time: {code.strip()}")
+            if re.search(r"kubectl\b.*\s-f\s+\"?(https?://|\$[A-Z_]*_URL)", code):
+                problems.append(f"{path.name}:{number}: kubectl applies a URL (use download): {code.strip()}")
+            if re.search(r"kubectl\b[^|]*\bexec\b", code) and not re.search(r"\btimeout \d+ kubectl\b", code):
+                problems.append(f"{path.name}:{number}: kubectl exec without timeout: {code.strip()}")
+            if re.search(r"\bgit\b[^|]*\bpush\b", code) and not re.search(r"\btimeout \d+ git\b", code):
+                problems.append(f"{path.name}:{number}: git push without timeout: {code.strip()}")
+    assert not problems, "\n".join(problems)
