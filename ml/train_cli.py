@@ -6,6 +6,7 @@ Kept apart from ``ml.pipeline`` so ``primer --help`` does not import MLflow.
 from __future__ import annotations
 
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -16,14 +17,15 @@ def _echo(line: str) -> None:
 
 
 @click.command("train")
-@click.option("--source", help="Data source: yfinance | csv:PATH | synthetic[:SEED]. [env PRIMER_DATA_SOURCE; default yfinance]")
+@click.option("--source", metavar="SPEC", help="Data source: yfinance | csv:PATH | synthetic[:SEED]. [env PRIMER_DATA_SOURCE; default yfinance]")
 @click.option(
     "--anchor",
     type=click.DateTime(formats=["%Y-%m-%d"]),
-    help="Last visible trading date (YYYY-MM-DD). Default: today (live) or the replay clock (PRIMER_MODE=replay).",
+    metavar="YYYY-MM-DD",
+    help="Last visible trading date. Default: today (live) or the replay clock (PRIMER_MODE=replay).",
 )
-@click.option("--eval-days", type=int, help="Evaluation window in trading days, >= 60. [env PRIMER_EVAL_DAYS; default 60]")
-@click.option("--train-years", type=float, help="Training window cap in years. [env PRIMER_TRAIN_YEARS; default 10]")
+@click.option("--eval-days", type=int, metavar="DAYS", help="Evaluation window in trading days, >= 60. [env PRIMER_EVAL_DAYS; default 60]")
+@click.option("--train-years", type=float, metavar="YEARS", help="Training window cap in years. [env PRIMER_TRAIN_YEARS; default 10]")
 @click.option(
     "--candidates",
     "candidates_file",
@@ -33,7 +35,7 @@ def _echo(line: str) -> None:
 @click.option("--no-promote", is_flag=True, help="Stop after registering; do not hand the result to the promotion step.")
 def train_command(
     source: str | None,
-    anchor,
+    anchor: datetime | None,
     eval_days: int | None,
     train_years: float | None,
     candidates_file: Path | None,

@@ -134,7 +134,12 @@ def pin_check(file: Path | None, require_registry: bool) -> None:
 @click.option("--reason", default="", help="Why (goes into the commit message).")
 @click.option("--push", is_flag=True, help="Push the commit (to PRIMER_GIT_REMOTE, else origin).")
 def promote(version: str, reason: str, push: bool) -> None:
-    """Pin VERSION and commit it: the commit is the promotion."""
+    """Pin VERSION and commit it: the commit is the promotion.
+
+    VERSION must exist in the MLflow registry when MLflow is reachable. Refuses
+    when the pin file has uncommitted changes. Works on the repository in
+    PRIMER_REPO_DIR (else the current git checkout); PRIMER_PIN_FILE overrides the pin path.
+    """
     n = _validate_version(version)
     repo, pin, rel = _repo_and_pin()
     try:
@@ -160,11 +165,15 @@ def previous_version(history: list[gitops.PinCommit], current: int | None) -> in
 
 
 @click.command("rollback")
-@click.option("--to", "to", default=None, help="Pin this version instead of the previously pinned one.")
+@click.option("--to", "to", default=None, metavar="VERSION", help="Pin this version instead of the previously pinned one.")
 @click.option("--reason", default="", help="Why (goes into the commit message).")
 @click.option("--push", is_flag=True, help="Push the commit (to PRIMER_GIT_REMOTE, else origin).")
 def rollback(to: str | None, reason: str, push: bool) -> None:
-    """Pin the previously pinned version (from the pin file's git history) and commit."""
+    """Pin the previously pinned version (from the pin file's git history) and commit.
+
+    Versions a rollback already moved away from are skipped. The version rolled
+    back from is tagged promotion_status=rolled_back in MLflow when it is reachable.
+    """
     repo, pin, rel = _repo_and_pin()
     try:
         current = read_pin(pin).version
@@ -230,11 +239,15 @@ def _fmt_v(v: int | None) -> str:
 
 
 @click.command("status")
-@click.option("--service-url", default=lambda: os.environ.get("PRIMER_SERVICE_URL") or None,
+@click.option("--service-url", metavar="URL", default=lambda: os.environ.get("PRIMER_SERVICE_URL") or None,
               help="Ask a running service which version it serves (GET <url>/model). Default PRIMER_SERVICE_URL.")
 @click.option("--strict", is_flag=True, help="Exit 1 when anything drifts from the pin.")
 def status(service_url: str | None, strict: bool) -> None:
-    """Pin (git) vs champion/challenger aliases (MLflow) vs the running service, and open promotion PRs."""
+    """Pin (git) vs champion/challenger aliases (MLflow) vs the running service, and open promotion PRs.
+
+    Prints a DRIFT line for each disagreement. Open PRs are listed when a forge
+    is configured (PRIMER_FORGE, PRIMER_FORGE_URL, PRIMER_FORGE_REPO, PRIMER_FORGE_TOKEN).
+    """
     drift: list[str] = []
     pin_path = default_pin_path().resolve()  # absolute: `git log` below runs in the pin's folder
     try:
