@@ -13,8 +13,20 @@ if [ -s /etc/kubernetes/kubelet.conf ]; then
   exit 0
 fi
 join="$CLUSTER_STATE_DIR/join-command"
-[ -s "$join" ] || die "$join is missing: provision the control plane first (vagrant up control-plane)"
-read -r -a join_args <"$join"
+# The token in join-command expires 24 h after the control plane was provisioned: a
+# worker added or rebuilt later would fail with it. With the admin kubeconfig at hand,
+# ask for a fresh one (kubeadm takes the CA hash from that kubeconfig); else use the file.
+fresh=""
+if [ -r "$CLUSTER_STATE_DIR/admin.conf" ]; then
+  fresh=$(timeout 60 kubeadm token create --print-join-command --kubeconfig "$CLUSTER_STATE_DIR/admin.conf" 2>/dev/null) \
+    || { warn "could not create a fresh join token; using $join"; fresh=""; }
+fi
+if [ -n "$fresh" ]; then
+  read -r -a join_args <<<"$fresh"
+else
+  [ -s "$join" ] || die "$join is missing: provision the control plane first (vagrant up control-plane)"
+  read -r -a join_args <"$join"
+fi
 [ "${join_args[0]:-} ${join_args[1]:-}" = "kubeadm join" ] \
   || die "$join does not hold a 'kubeadm join' command: re-run control-plane.sh (vagrant provision control-plane)"
 

@@ -193,3 +193,50 @@ def test_network_calls_in_bootstrap_scripts_are_bounded() -> None:
             if re.search(r"\bgit\b[^|]*\bpush\b", code) and not re.search(r"\btimeout \d+ git\b", code):
                 problems.append(f"{path.name}:{number}: git push without timeout: {code.strip()}")
     assert not problems, "\n".join(problems)
+
+
+def _stub(bin_dir: Path, name: str, body: str) -> None:
+    path = bin_dir / name
+    path.write_text("#!/usr/bin/env bash\n" + body)
+    path.chmod(0o755)
+
+
+@pytest.mark.parametrize("fresh_token", [True, False], ids=["fresh-token", "file-fallback"])
+def test_worker_joins_with_a_fresh_token_else_the_saved_command(tmp_path, fresh_token: bool) -> None:
+    # worker.sh for real with kubeadm stood in: a fresh token from the admin kubeconfig
+    # when kubeadm can make one (the saved command expires after 24 h), else the file;
+    # the join gets the node name and a failed attempt is reset before the retry.
+    if Path("/etc/kubernetes/kubelet.conf").exists():
+        pytest.fail("this machine has /etc/kubernetes/kubelet.conf: worker.sh would skip the join")
+    repo = tmp_path / "repo"
+    import shutil
+    shutil.copytree(BOOTSTRAP, repo / "cluster-bootstrap")
+    state = repo / ".cluster"
+    state.mkdir()
+    (state / "admin.conf").write_text("apiVersion: v1\nkind: Config\n")
+    (state / "join-command").write_text("kubeadm join 192.168.56.10:6443 --token old.token "
+                                        "--discovery-token-ca-cert-hash sha256:abc \n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    _stub(bin_dir, "id", 'echo 0\n')
+    _stub(bin_dir, "sleep", 'exit 0\n')
+    create = ('echo "kubeadm join 192.168.56.10:6443 --token new.token --discovery-token-ca-cert-hash sha256:abc "'
+              if fresh_token else 'exit 1')
+    _stub(bin_dir, "kubeadm", f'''echo "$*" >>"{calls}"
+case "$1" in
+  token) {create} ;;
+  join) [ -e "{tmp_path}/failed-once" ] && exit 0; touch "{tmp_path}/failed-once"; exit 1 ;;
+  reset) exit 0 ;;
+esac
+''')
+    proc = _run(["bash", str(repo / "cluster-bootstrap" / "worker.sh"), "worker-1"],
+                env={"PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    lines = calls.read_text().splitlines()
+    assert lines[0] == f"token create --print-join-command --kubeconfig {state / 'admin.conf'}"
+    token = "new.token" if fresh_token else "old.token"
+    joins = [line for line in lines if line.startswith("join ")]
+    assert joins == [f"join 192.168.56.10:6443 --token {token} --discovery-token-ca-cert-hash sha256:abc "
+                     "--node-name worker-1"] * 2
+    assert "reset -f" in lines  # between the failed and the successful attempt
