@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from promotion.names import PIN_PATH
 from promotion.pin import Pin, PinError, parse_pin, read_pin, write_pin
@@ -34,6 +35,32 @@ GIT_TIMEOUT = 120  # seconds: a hung remote must not hang the CronJob forever
 
 class GitError(RuntimeError):
     """A git command failed; the message holds the command and git's own words."""
+
+
+class PinMoved(GitError):
+    """The target branch pins another version than the evaluation was scored against.
+
+    The evidence is then stale: pushing would replace a champion the challenger
+    was never compared with (e.g. a PR was merged after this run read its pin).
+    """
+
+    def __init__(self, branch: str, found: int | None, expected: int | None) -> None:
+        def name(v: int | None) -> str:
+            return "nothing" if v is None else f"v{v}"
+
+        super().__init__(f"{branch} now pins {name(found)}, but the evaluation compared against {name(expected)}")
+        self.found = found
+        self.expected = expected
+
+
+# ``expected_base`` of the functions below: the version the evaluation assumed the
+# branch pins (None: nothing pinned), or "any" to skip the check (human operations).
+ExpectedBase = int | None | Literal["any"]
+
+
+def _check_base(branch: str, found: int | None, expected: ExpectedBase) -> None:
+    if expected != "any" and found != expected:
+        raise PinMoved(branch, found, expected)  # type: ignore[arg-type]
 
 
 def _auth_args(remote: str | None, token: str | None) -> list[str]:
@@ -173,16 +200,19 @@ def _reuse(work: Path, remote: str, branch: str, version: int, token: str | None
 
 
 def push_pin_branch(remote: str, base: str, branch: str, version: int, message: str,
-                    token: str | None = None, pin_path: str = PIN_PATH) -> PushResult:
+                    token: str | None = None, pin_path: str = PIN_PATH,
+                    expected_base: ExpectedBase = "any") -> PushResult:
     """Create ``branch`` from ``base`` with only the pin changed to ``version`` and push it.
 
     Idempotent: if the remote branch exists and pins ``version`` it is reused,
     including when another run pushed it between our check and our push.
+    Raises :class:`PinMoved` (nothing pushed) when ``base`` does not pin ``expected_base``.
     """
     with _clone(remote, base, token) as work:
         current = read_pin(work / pin_path)
         if current.version == version:
             return PushResult(branch, head(work), created=False, already_pinned=True, base_version=version)
+        _check_base(base, current.version, expected_base)
         if remote_branch_sha(remote, branch, token):
             return _reuse(work, remote, branch, version, token, pin_path, current.version)
         git("checkout", "-q", "-b", branch, cwd=work)
@@ -200,8 +230,12 @@ def push_pin_branch(remote: str, base: str, branch: str, version: int, message: 
 
 
 def commit_pin_direct(remote: str, branch: str, version: int, message: str,
-                      token: str | None = None, pin_path: str = PIN_PATH, attempts: int = 3) -> PushResult:
+                      token: str | None = None, pin_path: str = PIN_PATH, attempts: int = 3,
+                      expected_base: ExpectedBase = "any") -> PushResult:
     """Commit the pin straight onto ``branch`` (bootstrap ``commit`` mode).
+
+    Raises :class:`PinMoved` (nothing committed) when ``branch`` does not pin
+    ``expected_base``: a bootstrap commit must never replace a pinned champion.
 
     If ``remote`` is a local non-bare repository with ``branch`` checked out
     (``primer up`` on a developer checkout), git would refuse the push, so the
@@ -212,15 +246,19 @@ def commit_pin_direct(remote: str, branch: str, version: int, message: str,
     if local is not None and local.exists() and checked_out_branch(local) == branch:
         if is_dirty(local, pin_path):
             raise GitError(f"{local / pin_path} has uncommitted changes; refusing to commit the pin over them")
-        if read_pin(local / pin_path).version == version:
+        found = read_pin(local / pin_path).version
+        if found == version:
             return PushResult(branch, head(local), created=False, already_pinned=True, in_place=True)
+        _check_base(branch, found, expected_base)
         write_pin(local / pin_path, version)
         return PushResult(branch, commit_paths(local, message, pin_path), created=True, in_place=True)
     last = ""
     for _ in range(attempts):
         with _clone(remote, branch, token) as work:
-            if read_pin(work / pin_path).version == version:
+            found = read_pin(work / pin_path).version
+            if found == version:
                 return PushResult(branch, head(work), created=False, already_pinned=True)
+            _check_base(branch, found, expected_base)
             write_pin(work / pin_path, version)
             sha = commit_paths(work, message, pin_path)
             proc = git("push", "-q", "origin", f"HEAD:refs/heads/{branch}", cwd=work, remote=remote, token=token,

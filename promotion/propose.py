@@ -5,7 +5,9 @@ version beyond tagging it ``promotion_status=proposal_failed``; the evaluation
 that justified it is saved next to the run (``promotion/evaluation.json``) so
 that the next run retries it when its own challenger does not pass the gate
 (and supersedes it when it does). Re-running for the same evaluation is safe:
-the branch and the PR are reused, never duplicated.
+the branch and the PR are reused, never duplicated. If the target branch no
+longer pins the champion the evaluation was scored against (a merge landed
+after this run read its pin), nothing is pushed: outcome ``stale``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from tenacity import retry, stop_after_attempt, wait_exponential
 from promotion import gitops, registry
 from promotion.evidence import LOWER_IS_BETTER, METRICS, Evaluation, Scores
 from promotion.forge import Forge, ForgeError, PullRequest, forge_from_env
-from promotion.gitops import GitError
+from promotion.gitops import GitError, PinMoved
 from promotion.names import (
     CHALLENGER_ALIAS, PIN_PATH, POLICY_PATH, PromotionStatus, Tag, promotion_branch, promotion_title,
 )
@@ -60,7 +62,7 @@ class PromotionSettings:
 
 @dataclass
 class ProposalOutcome:
-    # rejected | proposed | reused | branch_only | committed | already_pinned
+    # rejected | proposed | reused | branch_only | committed | already_pinned | stale
     status: str
     version: int
     verdict: Verdict
@@ -69,6 +71,7 @@ class ProposalOutcome:
     commit: str | None = None
     superseded: list[int] = field(default_factory=list)
     retried: ProposalOutcome | None = None  # a failed earlier proposal this run completed
+    detail: str = ""  # for "stale": how the pin moved
 
     def __str__(self) -> str:  # what the pipeline prints
         return self.message
@@ -83,6 +86,7 @@ class ProposalOutcome:
             "branch_only": f"{v} proposed on branch {self.branch} (no forge configured: open the PR by hand or merge it)",
             "committed": f"{v} pinned directly on {self.branch} (bootstrap: nothing was pinned) at {(self.commit or '')[:8]}",
             "already_pinned": f"{v} is already pinned on {self.branch}; nothing to do",
+            "stale": f"{v} not proposed: {self.detail}; the next run scores against the new pin",
         }[self.status]
         if self.superseded:
             text += f"; superseded v{', v'.join(map(str, self.superseded))}"
@@ -243,14 +247,18 @@ def _propose(e: Evaluation, verdict: Verdict, policy: Policy, settings: Promotio
     _require_registered(c, e)  # before touching git: never pin a version the registry does not have
     msg = commit_message(e, verdict)
     _save_evaluation(c, e)
+    # The gate compared against e.champion_version (the pin this run read); git must still pin it.
+    base = e.champion_version
     try:
         if verdict.bootstrap and policy.bootstrap == "commit":
-            res = gitops.commit_pin_direct(settings.remote, settings.branch, n, msg, settings.token)
+            res = gitops.commit_pin_direct(settings.remote, settings.branch, n, msg, settings.token,
+                                           expected_base=base)
             outcome = ProposalOutcome("already_pinned" if res.already_pinned else "committed", n, verdict,
                                       settings.branch, None, res.commit)
             pinned = n
         else:
-            res = gitops.push_pin_branch(settings.remote, settings.branch, branch, n, msg, settings.token)
+            res = gitops.push_pin_branch(settings.remote, settings.branch, branch, n, msg, settings.token,
+                                         expected_base=base)
             if res.already_pinned:
                 return ProposalOutcome("already_pinned", n, verdict, settings.branch, None, res.commit)
             pinned = res.base_version
@@ -260,6 +268,9 @@ def _propose(e: Evaluation, verdict: Verdict, policy: Policy, settings: Promotio
                 pr, created = _open_pr(forge, title, pr_body(e, verdict, policy), branch, settings.branch)
                 outcome = ProposalOutcome("proposed" if created else "reused", n, verdict, branch, pr.url, res.commit)
         outcome.superseded = _supersede(c, forge, n, outcome.pr_url, pinned)
+    except PinMoved as exc:  # not a failure: the evidence is stale, nothing was pushed, nothing to retry
+        log.warning("v%s not proposed: %s", n, exc)
+        return ProposalOutcome("stale", n, verdict, settings.branch, detail=str(exc))
     except (GitError, ForgeError, PinError) as exc:
         try:
             registry.set_status(c, n, PromotionStatus.PROPOSAL_FAILED)

@@ -239,3 +239,26 @@ def test_refuses_a_version_the_registry_does_not_have(promo_env: Repos, promo_ml
     assert parse_pin(promo_env.remote_pin()).version is None
     assert remote_branches(promo_env) == ["main"]
     assert git("rev-list", "--count", "main", cwd=promo_env.remote) == "1"
+
+
+def test_evidence_against_a_pin_that_moved_is_never_pushed(promo_env: Repos, promo_mlflow: Registry,
+                                                           new_version: Versions) -> None:
+    """The run read its pin (a ConfigMap in the cluster) before a merge reached it: the gate compared
+    against the wrong champion. Nothing may be committed or pushed; the next run re-scores."""
+    old, _ = new_version()
+    champ, _ = new_version()
+    v, run_id = new_version()
+    pin_main(promo_env, champ)
+    commits = git("rev-list", "--count", "main", cwd=promo_env.remote)
+    # Bootstrap race: this run saw nothing pinned, git already pins a champion. A direct
+    # bootstrap commit used to replace it without any comparison.
+    out = propose_from_evaluation(make_evaluation(promo_mlflow, v, run_id, 0.6))
+    assert out.status == "stale", out.message
+    assert f"main now pins v{champ}, but the evaluation compared against nothing" in out.message
+    # Proposal race: this run scored the champion before the last merge.
+    out = propose_from_evaluation(make_evaluation(promo_mlflow, v, run_id, 0.6, champion=(old, 0.5)))
+    assert out.status == "stale" and f"compared against v{old}" in out.message
+    assert parse_pin(promo_env.remote_pin()).version == champ
+    assert git("rev-list", "--count", "main", cwd=promo_env.remote) == commits
+    assert remote_branches(promo_env) == ["main"]
+    assert status_of(promo_mlflow, v) == PromotionStatus.CANDIDATE  # not failed: nothing to retry
