@@ -418,14 +418,9 @@ def _evaluation_json(ev: Evaluation) -> dict[str, Any]:
 
 
 def _propose(evaluation: Evaluation, echo: Echo) -> Any:
-    """Hand the evaluation to the promotion step, when that step exists in this checkout."""
-    try:
-        from promotion import propose
-    except ModuleNotFoundError as exc:
-        if exc.name == "promotion.propose":
-            echo("promotion step not available; stopping after registering")
-            return None
-        raise
+    """Hand the evaluation to the promotion step (the pipeline's last stage)."""
+    from promotion import propose
+
     try:
         outcome = propose.propose_from_evaluation(evaluation)
     except propose.ProposalError as exc:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from datetime import date
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from ml import pipeline
 from ml.servers import free_port
-from promotion.evidence import Evaluation, Scores
+from promotion.evidence import Evaluation
 from promotion.names import MODEL_NAME
 
 ARGS = ("--source", "synthetic:7", "--anchor", "2024-06-28", "--train-years", "1")
@@ -50,25 +48,6 @@ def test_bad_replay_settings_are_named(trainer_factory, mlflow_server):
         "--source", "synthetic", "--no-promote", env={"PRIMER_MODE": "replay", "PRIMER_REPLAY_START": "2020-01-02"}
     )
     assert result.exit_code == 1 and "PRIMER_REPLAY_EPOCH" in result.output
-
-
-def _evaluation() -> Evaluation:
-    s = Scores(0.5, 0.5, 0.5, 0.69, 0.25)
-    closed = f"http://127.0.0.1:{free_port()}"  # never contacted; local in any case
-    return Evaluation(MODEL_NAME, 3, "run", "logreg", "parent", "1", closed, date(2024, 1, 2), date(2024, 3, 28),
-                      60, s, "synthetic")
-
-
-def test_missing_promotion_step_stops_after_registering(monkeypatch: pytest.MonkeyPatch):
-    # None in sys.modules (and no attribute on the package) makes `from promotion import
-    # propose` raise ModuleNotFoundError, exactly as in a checkout without the promotion step.
-    import promotion
-
-    monkeypatch.setitem(sys.modules, "promotion.propose", None)
-    monkeypatch.delattr(promotion, "propose", raising=False)
-    lines: list[str] = []
-    assert pipeline._propose(_evaluation(), lines.append) is None
-    assert lines == ["promotion step not available; stopping after registering"]
 
 
 def test_proposal_error_fails_the_run_but_keeps_the_version(
