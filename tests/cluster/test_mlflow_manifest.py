@@ -97,3 +97,11 @@ def test_manifest_mlflow_proxies_artifacts_to_the_volume(mlflow_from_manifest) -
     url = f"http://127.0.0.1:{port}/api/2.0/mlflow-artifacts/artifacts/probe/hello.txt"
     assert httpx.put(url, content=b"hi", headers=headers, timeout=10).status_code == 200
     assert (Path(artifacts) / "probe" / "hello.txt").read_bytes() == b"hi"
+
+
+def test_manifest_mlflow_runs_without_the_job_runner(mlflow_from_manifest) -> None:
+    # MLflow 3 with a database backend starts huey job consumers by default: a dozen extra
+    # processes that blow the container's memory limit. The manifest turns them off.
+    _port, _artifacts, log = mlflow_from_manifest
+    text = log.read_text(errors="replace")
+    assert "mlflow.server.jobs" not in text, text[-2000:]  # its startup log lines
