@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 
 def _pyplot():
@@ -19,7 +20,7 @@ def _pyplot():
     return plt
 
 
-def save_plots(y_true, p_up, out_dir: Path, title: str = "") -> list[Path]:
+def save_plots(y_true: pd.Series | np.ndarray, p_up: pd.Series | np.ndarray, out_dir: Path, title: str = "") -> list[Path]:
     """Write confusion_matrix.png, roc_curve.png and calibration.png into ``out_dir``."""
     from sklearn.calibration import calibration_curve
     from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 
 from promotion.names import (
     CHALLENGER_ALIAS, CHAMPION_ALIAS, DEFAULT_TRACKING_URI, MODEL_NAME, PromotionStatus, Tag,
 )
+
+if TYPE_CHECKING:  # MLflow is imported lazily: `primer --help` and `pin check` stay fast
+    from mlflow.entities.model_registry import ModelVersion
+    from mlflow.tracking import MlflowClient
 
 
 class RegistryUnreachable(RuntimeError):
@@ -43,7 +48,7 @@ def probe(uri: str, timeout: float = 3.0) -> None:
         raise RegistryUnreachable(uri, f"HTTP {r.status_code} on /health")
 
 
-def client(uri: str | None = None):  # type: ignore[no-untyped-def]
+def client(uri: str | None = None) -> MlflowClient:
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri or tracking_uri())
@@ -55,7 +60,7 @@ def _not_found(exc: Exception) -> bool:
         or "does not exist" in str(exc).lower()
 
 
-def get_version(c, version: int, name: str = MODEL_NAME):  # type: ignore[no-untyped-def]
+def get_version(c: MlflowClient, version: int, name: str = MODEL_NAME) -> ModelVersion | None:
     """The ModelVersion, or None when the model or the version does not exist."""
     from mlflow.exceptions import MlflowException
 
@@ -67,7 +72,7 @@ def get_version(c, version: int, name: str = MODEL_NAME):  # type: ignore[no-unt
         raise
 
 
-def alias_version(c, alias: str, name: str = MODEL_NAME) -> int | None:  # type: ignore[no-untyped-def]
+def alias_version(c: MlflowClient, alias: str, name: str = MODEL_NAME) -> int | None:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -78,16 +83,16 @@ def alias_version(c, alias: str, name: str = MODEL_NAME) -> int | None:  # type:
         raise
 
 
-def set_status(c, version: int, status: PromotionStatus, name: str = MODEL_NAME) -> None:  # type: ignore[no-untyped-def]
+def set_status(c: MlflowClient, version: int, status: PromotionStatus, name: str = MODEL_NAME) -> None:
     c.set_model_version_tag(name, str(version), Tag.PROMOTION_STATUS.value, status.value)
 
 
-def status_of(c, version: int, name: str = MODEL_NAME) -> str | None:  # type: ignore[no-untyped-def]
+def status_of(c: MlflowClient, version: int, name: str = MODEL_NAME) -> str | None:
     mv = get_version(c, version, name)
     return None if mv is None else mv.tags.get(Tag.PROMOTION_STATUS.value)
 
 
-def versions_with_status(c, *statuses: PromotionStatus, name: str = MODEL_NAME) -> list[int]:  # type: ignore[no-untyped-def]
+def versions_with_status(c: MlflowClient, *statuses: PromotionStatus, name: str = MODEL_NAME) -> list[int]:
     wanted = {s.value for s in statuses}
     found = c.search_model_versions(f"name = '{name}'")
     return sorted(int(mv.version) for mv in found if mv.tags.get(Tag.PROMOTION_STATUS.value) in wanted)
@@ -101,7 +106,7 @@ class SyncResult:
     message: str
 
 
-def sync_champion(c, pinned: int | None, name: str = MODEL_NAME) -> SyncResult:  # type: ignore[no-untyped-def]
+def sync_champion(c: MlflowClient, pinned: int | None, name: str = MODEL_NAME) -> SyncResult:
     """Make alias ``champion`` mirror the pin and tag the version promoted (idempotent)."""
     previous = alias_version(c, CHAMPION_ALIAS, name)
     if pinned is None:
