@@ -231,14 +231,22 @@ def _score_champion(version: int, windows: Windows, echo: Echo) -> Scores | None
     carries champion_version with champion=None ("pinned but unavailable"),
     which the promotion gate can tell apart from "nothing pinned yet".
     """
-    from ml.registry import load_version
+    from ml.registry import load_version, version_tags
 
     try:
         model = load_version(version)
         scores, _ = score_model(model, windows.eval)
+        seen_until = version_tags(version).get(Tag.EVAL_START.value, "")
     except Exception as exc:  # noqa: BLE001 - any failure means "cannot compare"; say why
         echo(f"WARNING: champion {MODEL_NAME} v{version} could not be loaded/scored: {type(exc).__name__}: {exc}")
         return None
+    # The champion was fitted on rows before its own eval_start. If that is later than this
+    # window's start (an earlier --anchor, a restarted replay clock), it has seen part of
+    # this window: its scores are in-sample, optimistic. The gate stays safe (the bar only
+    # rises) but the comparison is not like for like, so say so.
+    if seen_until > windows.eval_start.isoformat():
+        echo(f"WARNING: champion {MODEL_NAME} v{version} was trained on rows before {seen_until}, inside this "
+             f"run's evaluation window {windows.eval_start}..{windows.eval_end}: its scores are optimistic")
     return scores
 
 

@@ -155,6 +155,11 @@ def register(model_uri: str, tags: dict[str, str], name: str = MODEL_NAME) -> in
     return version
 
 
+def version_tags(version: int, name: str = MODEL_NAME) -> dict[str, str]:
+    """The tags of ``<name>/<version>`` in the active registry."""
+    return dict(MlflowClient().get_model_version(name, str(version)).tags)
+
+
 def load_version(version: int, name: str = MODEL_NAME) -> Any:
     """The sklearn model of ``models:/<name>/<version>`` (as serving loads it)."""
     return mlflow.sklearn.load_model(f"models:/{name}/{version}")

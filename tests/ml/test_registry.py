@@ -120,6 +120,7 @@ def test_two_runs_register_then_rescore_the_pinned_champion(any_mlflow_server, t
     assert v2.tags[Tag.EVAL_END] > v1.tags[Tag.EVAL_END]
     prefix = f"[champion] v{n} on the same window:"
     assert prefix in second.output
+    assert "optimistic" not in second.output  # forward in time: the champion never saw this window
     reported = _scores_from_output(second.output, prefix)
 
     # Independently: version n scored on run 2's window (rebuilt from the source) gives the same numbers.
@@ -139,6 +140,22 @@ def test_two_runs_register_then_rescore_the_pinned_champion(any_mlflow_server, t
     assert evaluation["eval_start"] == v2.tags[Tag.EVAL_START] and evaluation["eval_days"] == 60
     # Version n itself is unchanged.
     assert client.get_model_version(MODEL_NAME, str(n)).tags[Tag.PROMOTION_STATUS] == "candidate"
+
+
+def test_a_champion_that_saw_this_window_is_flagged(mlflow_server, trainer_factory, fast_grid: Path):
+    """Going back in time (an earlier --anchor, a restarted replay clock) scores the champion in-sample."""
+    train = trainer_factory(mlflow_server.uri)
+    args = ("--source", "synthetic:7", "--train-years", "1", "--candidates", str(fast_grid), "--no-promote")
+    later = train(*args, "--anchor", SECOND_ANCHOR.isoformat())
+    assert later.exit_code == 0, later.output
+    n = _registered(later.output)
+    seen_until = MlflowClient(tracking_uri=mlflow_server.uri).get_model_version(MODEL_NAME, str(n)).tags[Tag.EVAL_START]
+    train.pin_version(n)
+    earlier = train(*args, "--anchor", FIRST_ANCHOR.isoformat())
+    assert earlier.exit_code == 0, earlier.output
+    assert f"[champion] v{n} on the same window:" in earlier.output
+    assert (f"WARNING: champion {MODEL_NAME} v{n} was trained on rows before {seen_until}, inside this run's "
+            "evaluation window") in earlier.output
 
 
 @pytest.mark.parametrize("family", ["random_forest", "logistic_regression", "gradient_boosting"])
