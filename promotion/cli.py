@@ -80,7 +80,7 @@ def _push(repo: Path) -> None:
     url = remote if remote != "origin" else gitops.git("remote", "get-url", "origin", cwd=repo).stdout.strip()
     gitops.git("push", "-q", remote, f"HEAD:refs/heads/{branch}", cwd=repo, remote=url,
                token=os.environ.get("PRIMER_FORGE_TOKEN") or None)
-    click.echo(f"pushed {branch} to {gitops._redact(url)}")
+    click.echo(f"pushed {branch} to {gitops.redact(url)}")
 
 
 def _commit_pin(repo: Path, pin: Path, rel: str, version: int, message: str, push: bool) -> str:

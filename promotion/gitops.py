@@ -91,10 +91,8 @@ def git(*args: str, cwd: Path | str | None = None, remote: str | None = None, to
     except subprocess.TimeoutExpired as exc:
         raise GitError(f"git {' '.join(args)}: timed out after {GIT_TIMEOUT}s") from exc
     if check and proc.returncode != 0:
-        msg = f"git {' '.join(args)} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()}"
-        if token:
-            msg = msg.replace(token, "***")
-        raise GitError(msg)
+        raise GitError(redact(f"git {' '.join(args)} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()}",
+                              token))
     return proc
 
 
@@ -225,7 +223,7 @@ def push_pin_branch(remote: str, base: str, branch: str, version: int, message: 
             if remote_branch_sha(remote, branch, token):
                 return _reuse(work, remote, branch, version, token, pin_path, current.version)
             err = (proc.stderr or proc.stdout).strip()
-            raise GitError(f"push of {branch} to {_redact(remote)} rejected: {err.replace(token, '***') if token else err}")
+            raise GitError(redact(f"push of {branch} to {remote} rejected: {err}", token))
         return PushResult(branch, sha, created=True, base_version=current.version)
 
 
@@ -269,9 +267,11 @@ def commit_pin_direct(remote: str, branch: str, version: int, message: str,
             if "non-fast-forward" not in last and "fetch first" not in last:
                 break  # not a race: a hook or permissions said no
             log.info("%s moved while committing the pin; retrying on the new tip", branch)
-    raise GitError(f"push of the pin to {_redact(remote)} {branch} rejected: {last.replace(token, '***') if token else last}")
+    raise GitError(redact(f"push of the pin to {remote} {branch} rejected: {last}", token))
 
 
-def _redact(remote: str) -> str:
-    """Drop credentials embedded in a URL (https://user:pass@host/...)."""
-    return re.sub(r"://[^/@]+@", "://***@", remote)
+def redact(text: str, token: str | None = None) -> str:
+    """``text`` without the token and without credentials embedded in URLs (https://user:pass@host/...)."""
+    if token:
+        text = text.replace(token, "***")
+    return re.sub(r"://[^/@\s]+@", "://***@", text)

@@ -58,3 +58,12 @@ def test_local_path_classification(tmp_path: Path) -> None:
     assert local_path("https://gitea.example/primer/repo.git") is None
     assert local_path("git@github.com:owner/repo.git") is None
     assert local_path("relative/dir") == Path("relative/dir")
+
+
+def test_credentials_in_a_remote_url_never_reach_an_error_message(http_git: tuple[str, list[dict[str, str]]]) -> None:
+    # The failing command line is quoted in GitError (it ends up in CronJob logs and ProposalError).
+    url, _ = http_git
+    with_creds = url.replace("http://", "http://primer:s3cret-pass@")
+    with pytest.raises(GitError) as err:
+        remote_branch_sha(with_creds, "main")
+    assert "s3cret-pass" not in str(err.value) and "://***@127.0.0.1" in str(err.value)
