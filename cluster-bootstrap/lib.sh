@@ -83,3 +83,16 @@ secret_value() {
 }
 
 random_password() { openssl rand -hex 16; }
+
+# unpin_seed REPO: in a git work tree about to seed the lab's Gitea, set the pin
+# (promotion/model-version.yaml) to `version: null` and commit that, if it pins a
+# version. The cluster's MLflow starts empty, so a version pinned in the checkout
+# (a local `primer up` commits promotions to it) names no model there, or worse,
+# a different model once the cluster has registered that many versions.
+unpin_seed() {
+  local repo=$1 pin=promotion/model-version.yaml
+  grep -Eq '^version:[[:space:]]*[0-9]' "$repo/$pin" || return 0
+  sed -Ei 's/^version:[[:space:]]*[0-9]+/version: null/' "$repo/$pin"
+  git -C "$repo" -c user.name=primer-bootstrap -c user.email=bootstrap@primer.lab \
+    commit --quiet -m "Seed the lab with nothing pinned (its MLflow starts empty)" -- "$pin"
+}

@@ -69,13 +69,16 @@ if ! curl -fsS --max-time 20 -u "$gitea_user:$gitea_password" "$repo_api/branche
     git -c safe.directory="$REPO_DIR" clone --quiet --no-hardlinks "$REPO_DIR" "$seed/repo"
   else
     # Not a git checkout (e.g. a downloaded archive): snapshot the files.
+    # Without lab state and secrets (.vagrant holds the VMs' SSH keys) or local runs.
     cp -a "$REPO_DIR/." "$seed/repo"
-    rm -rf "$seed/repo/.cluster"
+    rm -rf "$seed/repo/.cluster" "$seed/repo/.vagrant" "$seed/repo/.venv" "$seed/repo/.primer" \
+      "$seed/repo/mlruns" "$seed/repo/mlartifacts" "$seed/repo/mlflow.db"
     git -C "$seed/repo" init --quiet -b main
     git -C "$seed/repo" add -A
     git -C "$seed/repo" -c user.name=primer-bootstrap -c user.email=bootstrap@primer.lab \
       commit --quiet -m "Seed from the checkout"
   fi
+  unpin_seed "$seed/repo"
   # Credentials in a one-command header, not in the URL (git echoes URLs in errors).
   basic=$(printf '%s:%s' "$gitea_user" "$gitea_password" | base64 -w0)
   timeout 600 git -C "$seed/repo" -c http.extraHeader="Authorization: Basic $basic" push --quiet \

@@ -240,3 +240,26 @@ esac
     assert joins == [f"join 192.168.56.10:6443 --token {token} --discovery-token-ca-cert-hash sha256:abc "
                      "--node-name worker-1"] * 2
     assert "reset -f" in lines  # between the failed and the successful attempt
+
+
+@pytest.mark.parametrize("pinned", ["version: 3\n", "version: 12  # promoted locally\n", "version: null\n"])
+def test_seed_for_the_lab_pins_nothing(tmp_path, pinned: str) -> None:
+    # The lab's MLflow starts empty: a version pinned in the checkout (a local `primer up`
+    # commits promotions) would name a missing or unrelated model there. lib.sh's
+    # unpin_seed, on a real git repo, leaves a pin the promotion code parses as null.
+    from promotion.names import PIN_PATH
+    from promotion.pin import parse_pin
+
+    repo = tmp_path / "seed"
+    pin = repo / PIN_PATH
+    pin.parent.mkdir(parents=True)
+    original = (REPO / PIN_PATH).read_text()
+    pin.write_text(re.sub(r"(?m)^version:.*\n", pinned, original))
+    for cmd in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "checkout"]):
+        assert _run(["git", "-C", str(repo), *cmd]).returncode == 0
+    proc = _run(["bash", "-c", f'set -euo pipefail; . "{BOOTSTRAP}/lib.sh"; unpin_seed "$1"', "x", str(repo)])
+    assert proc.returncode == 0, proc.stderr
+    assert parse_pin(pin.read_text(), PIN_PATH).version is None
+    assert _run(["git", "-C", str(repo), "status", "--porcelain"]).stdout == ""  # committed
+    commits = _run(["git", "-C", str(repo), "rev-list", "--count", "HEAD"]).stdout.strip()
+    assert commits == ("1" if pinned == "version: null\n" else "2")
