@@ -330,8 +330,11 @@ def run_pipeline(config: PipelineConfig, echo: Echo = print) -> PipelineResult:
                 t0 = time.perf_counter()
                 tags = {**common_tags, "candidate": cand.name, "family": cand.family}
                 with mlflow.start_run(run_name=cand.name, nested=True, tags=tags) as run:
-                    val_scores, _ = score_model(fit(cand, fit_part), val_part)
-                    model = fit(cand, windows.train)
+                    try:
+                        val_scores, _ = score_model(fit(cand, fit_part), val_part)
+                        model = fit(cand, windows.train)
+                    except ValueError as exc:  # e.g. a window holding one class: the data, not a bug
+                        raise PipelineError(f"cannot train candidate {cand.name}: {exc}; nothing was registered") from exc
                     scores, p = score_model(model, windows.eval)
                     mlflow.log_params({"candidate": cand.name, "family": cand.family,
                                        **{f"model_{k}": v for k, v in cand.params.items()}})

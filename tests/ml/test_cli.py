@@ -43,6 +43,23 @@ def test_user_errors_exit_cleanly(args, message, trainer_factory, mlflow_server)
     assert "Traceback" not in result.output
 
 
+def test_untrainable_data_is_named_and_registers_nothing(trainer_factory, mlflow_server, fast_grid: Path,
+                                                         market, tmp_path: Path):
+    # Valid bars that never rise: every label is DOWN, so no classifier can be fitted.
+    from tests.ml.conftest import write_csv
+
+    flat = market.tail(400).copy()
+    flat[["open", "high", "low", "close"]] = 100.0
+    csv = write_csv(flat, tmp_path / "flat.csv")
+    before = _versions(mlflow_server.uri)
+    result = trainer_factory(mlflow_server.uri)("--source", f"csv:{csv}", "--anchor", "2024-06-28", "--train-years", "1",
+                                                "--candidates", str(fast_grid), "--no-promote")
+    assert result.exit_code == 1, result.output
+    assert "cannot train candidate rf_small: training window holds a single class (0)" in result.output
+    assert "Traceback" not in result.output
+    assert _versions(mlflow_server.uri) == before
+
+
 def test_bad_replay_settings_are_named(trainer_factory, mlflow_server):
     result = trainer_factory(mlflow_server.uri)(
         "--source", "synthetic", "--no-promote", env={"PRIMER_MODE": "replay", "PRIMER_REPLAY_START": "2020-01-02"}
