@@ -28,14 +28,18 @@ export KUBECONFIG=/etc/kubernetes/admin.conf
 install -d -o vagrant -g vagrant /home/vagrant/.kube 2>/dev/null || install -d /home/vagrant/.kube
 install -m 0600 /etc/kubernetes/admin.conf /home/vagrant/.kube/config
 chown vagrant:vagrant /home/vagrant/.kube/config 2>/dev/null || true
-install -m 0600 /etc/kubernetes/admin.conf "$CLUSTER_STATE_DIR/admin.conf"
+# The shared folder is vboxsf: modes there are whatever the host allows (a chmod
+# may fail, e.g. on Windows hosts), so copy then restrict as far as it lets us.
+cp /etc/kubernetes/admin.conf "$CLUSTER_STATE_DIR/admin.conf.tmp"
+chmod 0600 "$CLUSTER_STATE_DIR/admin.conf.tmp" 2>/dev/null || true
+mv -f "$CLUSTER_STATE_DIR/admin.conf.tmp" "$CLUSTER_STATE_DIR/admin.conf"
 
 log "join command for workers -> $CLUSTER_STATE_DIR/join-command"
 # A fresh token on every run: the default one expires after 24h. One line,
 # 'kubeadm join HOST:6443 --token ... --discovery-token-ca-cert-hash sha256:...'.
 kubeadm token create --print-join-command >"$CLUSTER_STATE_DIR/join-command.tmp"
-chmod 0600 "$CLUSTER_STATE_DIR/join-command.tmp"
-mv "$CLUSTER_STATE_DIR/join-command.tmp" "$CLUSTER_STATE_DIR/join-command"
+chmod 0600 "$CLUSTER_STATE_DIR/join-command.tmp" 2>/dev/null || true
+mv -f "$CLUSTER_STATE_DIR/join-command.tmp" "$CLUSTER_STATE_DIR/join-command"
 
 log "Calico $CALICO_VERSION (node IPs from $NODE_CIDR, pods in $POD_CIDR)"
 calico_dir=/var/cache/primer-bootstrap/calico-$CALICO_VERSION

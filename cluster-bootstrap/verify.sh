@@ -8,6 +8,8 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
 use_admin_kubeconfig
+# Every API call bounded: a control plane that stopped answering must not stall the loop.
+kubectl() { command kubectl --request-timeout=20s "$@"; }
 
 timeout=${1:-900}
 api="http://$WORKER_IP:$SERVING_NODE_PORT/predictionForTomorrow"
