@@ -78,8 +78,8 @@ def clock_from_env(env: dict[str, str] | None = None) -> ReplayClock:
         interval = float(interval_text)
     except ValueError as exc:
         raise ReplayConfigError(f"PRIMER_REPLAY_INTERVAL_SECONDS {interval_text!r} is not a number") from exc
-    if interval <= 0:
-        raise ReplayConfigError(f"PRIMER_REPLAY_INTERVAL_SECONDS must be > 0, got {interval_text}")
+    if not math.isfinite(interval) or interval <= 0:  # "nan"/"inf" parse as floats
+        raise ReplayConfigError(f"PRIMER_REPLAY_INTERVAL_SECONDS must be a finite number > 0, got {interval_text}")
     return ReplayClock(start=start, epoch=_parse_epoch(epoch_text), interval_seconds=interval)
 
 

@@ -41,7 +41,8 @@ def test_env_parsing_names_the_variable():
     clock = clock_from_env(env)
     assert clock == ReplayClock(date(2019, 1, 2), EPOCH, 120.0)
     for key, bad in [("PRIMER_REPLAY_START", "soon"), ("PRIMER_REPLAY_EPOCH", "noon"),
-                     ("PRIMER_REPLAY_INTERVAL_SECONDS", "0")]:
+                     ("PRIMER_REPLAY_INTERVAL_SECONDS", "0"), ("PRIMER_REPLAY_INTERVAL_SECONDS", "nan"),
+                     ("PRIMER_REPLAY_INTERVAL_SECONDS", "inf")]:
         with pytest.raises(ReplayConfigError, match=key):
             clock_from_env({**env, key: bad})
     with pytest.raises(ReplayConfigError, match="PRIMER_REPLAY_EPOCH"):
