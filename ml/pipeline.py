@@ -199,6 +199,8 @@ def prepare_data(config: PipelineConfig, echo: Echo = print) -> tuple[pd.DataFra
     """
     if config.eval_days < MIN_EVAL_DAYS:
         raise PipelineError(f"--eval-days {config.eval_days} is too small; the minimum is {MIN_EVAL_DAYS} trading days")
+    if not math.isfinite(config.train_years) or config.train_years <= 0:  # nan/inf parse as floats
+        raise PipelineError(f"--train-years (PRIMER_TRAIN_YEARS) must be a positive number, got {config.train_years}")
     prices, end, explicit = _load_window(config, echo)
     echo(f"[data] source {config.source}: {len(prices)} rows loaded up to {end}")
     rules = Rules(min_rows=MIN_TRAIN_ROWS + config.eval_days + WARMUP_ROWS)

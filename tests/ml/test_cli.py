@@ -33,6 +33,8 @@ def test_unreachable_mlflow_is_named(trainer_factory, fast_grid: Path):
         (("--source", "yahoo"), "unknown data source 'yahoo'"),
         (("--source", "csv:/nonexistent/spy.csv"), "CSV data file not found: /nonexistent/spy.csv"),
         (("--source", "synthetic", "--eval-days", "20"), "minimum is 60"),
+        (("--source", "synthetic", "--train-years", "nan"), "--train-years (PRIMER_TRAIN_YEARS) must be a positive number"),
+        (("--source", "synthetic", "--train-years", "0"), "must be a positive number, got 0.0"),
         (("--source", "synthetic", "--candidates", "/nonexistent.yaml"), "cannot read candidate file"),
     ],
 )
