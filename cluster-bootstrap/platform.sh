@@ -90,14 +90,24 @@ new_token() {  # new_token NAME SCOPES -> prints the token
   gitea_cli admin user generate-access-token --username "$gitea_user" \
     --token-name "$1-$(date +%s)" --scopes "$2" --raw | tr -d '[:space:]'
 }
-if ! secret_exists training primer-forge; then
+# token_works SECRET_NS SECRET_NAME KEY: the stored token still opens the repository.
+# Kept Secrets can outlive Gitea's data (e.g. the worker holding its volume was
+# rebuilt): a token Gitea no longer knows is replaced, a working one is kept.
+token_works() {
+  local stored
+  secret_exists "$1" "$2" || return 1
+  stored=$(secret_value "$1" "$2" "$3") || return 1
+  [ -n "$stored" ] && curl -fsS --max-time 10 -o /dev/null -H "Authorization: token $stored" "$repo_api"
+}
+if ! token_works training primer-forge PRIMER_FORGE_TOKEN; then
   log "trainer access token -> Secret training/primer-forge"
   # Into a variable first: a failing $(...) inside an argument would not stop the script.
   token=$(new_token trainer write:repository,write:issue,read:user)
   [ -n "$token" ] || die "Gitea returned an empty token for the trainer"
-  kubectl -n training create secret generic primer-forge --from-literal=PRIMER_FORGE_TOKEN="$token" >/dev/null
+  kubectl -n training create secret generic primer-forge --dry-run=client -o yaml \
+    --from-literal=PRIMER_FORGE_TOKEN="$token" | kubectl apply -f - >/dev/null
 fi
-if ! secret_exists argocd repo-gitea; then
+if ! token_works argocd repo-gitea password; then
   log "Argo CD repository Secret (read-only token)"
   token=$(new_token argocd read:repository)
   [ -n "$token" ] || die "Gitea returned an empty token for Argo CD"
