@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
+
+import yaml
 
 from tests.serving.conftest import REPO_ROOT
 
@@ -27,3 +31,49 @@ def test_ml_serve_does_not_import_bentos() -> None:
     code = "import sys, ml.serve; print([m for m in sys.modules if m == 'bentos' or m.startswith('bentos.')])"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _imports(path: Path) -> set[str]:
+    """Top-level names of every module ``path`` imports (lazy imports inside functions included)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_bentofile_lists_every_package_the_service_code_imports() -> None:
+    """A bento is installed from bentofile.yaml alone: a missing package only shows at run time
+    (e.g. ml.data without tenacity: fresh features would never load, every answer stale)."""
+    from importlib.metadata import packages_distributions, requires
+
+    from packaging.requirements import Requirement
+
+    # The repository modules the service reaches, following imports from bentos/service.py.
+    todo, seen, third_party = ["bentos.service"], set(), set()
+    while todo:
+        mod = todo.pop()
+        if mod in seen:
+            continue
+        seen.add(mod)
+        for name in _imports(REPO_ROOT / (mod.replace(".", "/") + ".py")):
+            top = name.split(".")[0]
+            if top in ("bentos", "ml", "promotion"):
+                if (REPO_ROOT / (name.replace(".", "/") + ".py")).is_file():
+                    todo.append(name)
+            elif top not in sys.stdlib_module_names and top != "__future__":
+                third_party.add(top)
+    dists = packages_distributions()
+    listed = {Requirement(p).name.lower() for p in yaml.safe_load((REPO_ROOT / "bentos/bentofile.yaml").read_text())
+              ["python"]["packages"]}
+    # What a listed package itself requires is installed with it.
+    provided = set(listed)
+    for name in listed:
+        provided.update(Requirement(r).name.lower() for r in requires(name) or () if "extra ==" not in r)
+    provided = {p.replace("_", "-") for p in provided}
+    missing = {top: dists.get(top) for top in third_party
+               if not {d.lower().replace("_", "-") for d in dists.get(top, [top])} & provided}
+    assert {"mlflow", "pandas", "tenacity", "yfinance"} <= third_party  # the walk reached ml.data and the loader
+    assert not missing, f"bentos/bentofile.yaml lacks {missing}"
