@@ -33,7 +33,7 @@ async def _slow_app(scope: Any, receive: Any, send: Any) -> None:
 
 
 def test_timers_are_cancelled_and_timeouts_still_504() -> None:
-    assert cancel_request_timers() in (True, False)
+    cancel_request_timers()  # True the first time; False when PrimerService already applied it
     assert getattr(TimeoutMiddleware, "_primer_cancels_timer", False), "patch not applied to bentoml's middleware"
 
     async def scenario() -> None:
