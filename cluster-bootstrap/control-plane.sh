@@ -128,6 +128,7 @@ systemctl enable buildkitd >/dev/null 2>&1
 systemctl restart buildkitd
 retry 30 1 /usr/local/bin/buildctl debug workers >/dev/null || die "buildkitd did not start (journalctl -u buildkitd)"
 
-"$BOOTSTRAP_DIR/build-image.sh"
+# Through bash: the exec bit does not survive every checkout (zip downloads, some synced folders).
+bash "$BOOTSTRAP_DIR/build-image.sh"
 
 log "control plane ready; workers join with $CLUSTER_STATE_DIR/join-command"
