@@ -99,32 +99,23 @@ def config_from_env(**overrides: Any) -> PipelineConfig:
     """Defaults from the environment (PRIMER_DATA_SOURCE, PRIMER_EVAL_DAYS, PRIMER_TRAIN_YEARS, PRIMER_MODE)."""
     values: dict[str, Any] = {
         "source": data_mod.default_source(),
-        "eval_days": _int_env("PRIMER_EVAL_DAYS", DEFAULT_EVAL_DAYS),
-        "train_years": _float_env("PRIMER_TRAIN_YEARS", DEFAULT_TRAIN_YEARS),
+        "eval_days": _number_env("PRIMER_EVAL_DAYS", DEFAULT_EVAL_DAYS, int),
+        "train_years": _number_env("PRIMER_TRAIN_YEARS", DEFAULT_TRAIN_YEARS, float),
         "mode": mode_from_env(),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return PipelineConfig(**values)
 
 
-def _int_env(name: str, default: int) -> int:
+def _number_env(name: str, default: float, cast: type[int] | type[float]) -> Any:
+    """``cast(os.environ[name])``, ``default`` when unset or empty; PipelineError naming the variable."""
     text = os.environ.get(name)
     if not text:
         return default
     try:
-        return int(text)
+        return cast(text)
     except ValueError:
-        raise PipelineError(f"{name} must be an integer, got {text!r}") from None
-
-
-def _float_env(name: str, default: float) -> float:
-    text = os.environ.get(name)
-    if not text:
-        return default
-    try:
-        return float(text)
-    except ValueError:
-        raise PipelineError(f"{name} must be a number, got {text!r}") from None
+        raise PipelineError(f"{name} must be {'an integer' if cast is int else 'a number'}, got {text!r}") from None
 
 
 class _Stages:
