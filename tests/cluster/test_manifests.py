@@ -124,7 +124,12 @@ def test_serving_rolls_without_losing_the_old_pods(apps) -> None:
     assert dep["spec"]["strategy"]["rollingUpdate"]["maxSurge"] >= 1
     c = dep["spec"]["template"]["spec"]["containers"][0]
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert c["livenessProbe"]["httpGet"]["path"] == "/livez"
+    # A pod that is alive but not ready (MLflow down, bad pin) must never be restarted:
+    # the probes that kill (liveness, startup) ask /livez only.
+    for probe in ("livenessProbe", "startupProbe"):
+        if probe in c:
+            assert c[probe]["httpGet"]["path"] == "/livez", probe
+    assert "livenessProbe" in c
 
 
 def test_generated_pin_configmaps_survive_rollouts(apps) -> None:
