@@ -62,6 +62,16 @@ def test_untrainable_data_is_named_and_registers_nothing(trainer_factory, mlflow
     assert _versions(mlflow_server.uri) == before
 
 
+@pytest.mark.parametrize("env,message", [
+    ({"PRIMER_EVAL_DAYS": "1.5"}, "PRIMER_EVAL_DAYS must be an integer, got '1.5'"),
+    ({"PRIMER_TRAIN_YEARS": "ten"}, "PRIMER_TRAIN_YEARS must be a number, got 'ten'"),
+])
+def test_bad_numbers_in_the_environment_are_named(env, message, trainer_factory, mlflow_server):
+    result = trainer_factory(mlflow_server.uri)("--source", "synthetic", "--no-promote", env=env)
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert "Traceback" not in result.output
+
+
 def test_bad_replay_settings_are_named(trainer_factory, mlflow_server):
     result = trainer_factory(mlflow_server.uri)(
         "--source", "synthetic", "--no-promote", env={"PRIMER_MODE": "replay", "PRIMER_REPLAY_START": "2020-01-02"}
