@@ -132,12 +132,12 @@ def load_version(tracking_uri: str, version: int) -> LoadedModel:
     # only hide an unreachable server for minutes.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-    import mlflow.sklearn
+    import mlflow
     import pandas as pd
     from mlflow import MlflowClient
 
+    from ml import registry  # the model contract: how the pipeline stored what we load
     from ml.features import FEATURE_COLUMNS
-    from ml.registry import LATEST_FEATURES_ARTIFACT  # written there by the pipeline
 
     client = MlflowClient(tracking_uri=tracking_uri)
     mv = client.get_model_version(MODEL_NAME, str(version))
@@ -145,18 +145,19 @@ def load_version(tracking_uri: str, version: int) -> LoadedModel:
         raise RuntimeError(f"models:/{MODEL_NAME}/{version} has no run id; cannot find its metrics and features")
     run = client.get_run(mv.run_id)
     mlflow.set_tracking_uri(tracking_uri)
-    estimator = mlflow.sklearn.load_model(f"models:/{MODEL_NAME}/{version}")
+    estimator = registry.load_version(version)
     if not hasattr(estimator, "predict_proba"):
         raise RuntimeError(f"models:/{MODEL_NAME}/{version} is a {type(estimator).__name__} without predict_proba")
     if 1 not in list(getattr(estimator, "classes_", [])):
         raise RuntimeError(f"models:/{MODEL_NAME}/{version} was not trained with label 1 (classes {getattr(estimator, 'classes_', None)})")
     stored_row, stored_as_of = None, None
     try:
-        stored = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/{LATEST_FEATURES_ARTIFACT}")
+        stored = registry.latest_features(mv.run_id)
         stored_as_of = date.fromisoformat(stored["as_of"])
         stored_row = pd.DataFrame([{c: float(stored["features"][c]) for c in FEATURE_COLUMNS}], columns=list(FEATURE_COLUMNS))
     except Exception as exc:  # the model still serves fresh data; only the fallback is missing
-        log.warning("v%s: no usable %s in run %s (%s); no stale fallback", version, LATEST_FEATURES_ARTIFACT, mv.run_id, exc)
+        log.warning("v%s: no usable %s in run %s (%s); no stale fallback", version, registry.LATEST_FEATURES_ARTIFACT,
+                    mv.run_id, exc)
     model = LoadedModel(
         version=version,
         run_id=mv.run_id,

@@ -9,7 +9,6 @@ also holds ``serving/latest_features.json`` and the evaluation metrics.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -166,5 +165,5 @@ def load_version(version: int, name: str = MODEL_NAME) -> Any:
 
 
 def latest_features(run_id: str) -> dict[str, Any]:
-    """Read ``serving/latest_features.json`` back from a run."""
-    return json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=LATEST_FEATURES_ARTIFACT)).read_text())
+    """Read ``serving/latest_features.json`` back from a run (no download left behind in /tmp)."""
+    return mlflow.artifacts.load_dict(f"runs:/{run_id}/{LATEST_FEATURES_ARTIFACT}")
