@@ -22,7 +22,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, brier_score
 
 from ml.features import LABEL, labeled
 from ml.train import predict_up
-from promotion.evidence import LOWER_IS_BETTER, METRICS, Scores
+from promotion.evidence import METRICS, Scores, improvement
 
 MIN_EVAL_DAYS = 60
 DEFAULT_EVAL_DAYS = 60
@@ -137,7 +137,7 @@ def better(a: Scores, b: Scores, metric: str) -> bool:
         return False
     if vb is None or (isinstance(vb, float) and math.isnan(vb)):
         return True
-    return va < vb if metric in LOWER_IS_BETTER else va > vb
+    return improvement(va, vb, metric) > 0
 
 
 def metrics_dict(scores: Scores, prefix: str = "") -> dict[str, float]:

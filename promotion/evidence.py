@@ -31,6 +31,11 @@ METRICS: tuple[str, ...] = tuple(f.name for f in fields(Scores))
 LOWER_IS_BETTER = frozenset({"log_loss", "brier"})
 
 
+def improvement(a: float, b: float, metric: str) -> float:
+    """How much ``a`` beats ``b`` on ``metric``: positive when ``a`` is better, whatever the direction."""
+    return (b - a) if metric in LOWER_IS_BETTER else (a - b)
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """Challenger vs champion vs naive baselines on one forward window."""

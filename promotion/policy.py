@@ -15,7 +15,7 @@ from typing import Literal
 
 import yaml
 
-from promotion.evidence import LOWER_IS_BETTER, METRICS, Evaluation
+from promotion.evidence import METRICS, Evaluation, improvement
 from promotion.names import POLICY_PATH
 from promotion.pin import repo_root
 
@@ -50,10 +50,6 @@ class Policy:
                 raise PolicyError(f"policy: {name} must be true or false, got {getattr(self, name)!r}")
         if self.bootstrap not in BOOTSTRAP_MODES:
             raise PolicyError(f"policy: bootstrap must be one of {', '.join(BOOTSTRAP_MODES)}, got {self.bootstrap!r}")
-
-    @property
-    def lower_is_better(self) -> bool:
-        return self.metric in LOWER_IS_BETTER
 
 
 def parse_policy(text: str, source: str = "policy") -> Policy:
@@ -106,12 +102,7 @@ class Verdict:
         """Challenger minus champion, signed so that positive is better."""
         if self.challenger_score is None or self.champion_score is None:
             return None
-        d = self.challenger_score - self.champion_score
-        return -d if self.metric in LOWER_IS_BETTER else d
-
-
-def _better_by(a: float, b: float, lower_is_better: bool) -> float:
-    return (b - a) if lower_is_better else (a - b)
+        return improvement(self.challenger_score, self.champion_score, self.metric)
 
 
 def decide(evaluation: Evaluation, policy: Policy) -> Verdict:
@@ -140,7 +131,7 @@ def decide(evaluation: Evaluation, policy: Policy) -> Verdict:
             reasons.append(f"no naive baseline scored on {m}; cannot show the challenger beats one")
     else:
         name, value = baseline
-        margin = _better_by(challenger, value, policy.lower_is_better)
+        margin = improvement(challenger, value, m)
         if margin > _EPS:
             reasons.append(f"challenger {m} {challenger:.4f} beats best baseline {name} {value:.4f} ({margin:+.4f})")
         elif required:
@@ -159,7 +150,7 @@ def decide(evaluation: Evaluation, policy: Policy) -> Verdict:
         ok = False
         reasons.append(f"champion v{evaluation.champion_version} has no {m} score on the same window; refusing to compare")
     else:
-        delta = _better_by(challenger, champion, policy.lower_is_better)
+        delta = improvement(challenger, champion, m)
         # delta > 0 is checked on its own so that min_improvement 0 still never promotes a tie.
         if delta > 0 and delta >= policy.min_improvement - _EPS:
             reasons.append(f"challenger {m} {challenger:.4f} vs champion v{evaluation.champion_version} {champion:.4f}: "

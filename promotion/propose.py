@@ -25,7 +25,7 @@ from typing import Any
 from tenacity import retry, stop_after_attempt, wait_exponential
 
 from promotion import gitops, registry
-from promotion.evidence import LOWER_IS_BETTER, METRICS, Evaluation, Scores
+from promotion.evidence import METRICS, Evaluation, Scores, improvement
 from promotion.forge import Forge, ForgeError, PullRequest, forge_from_env
 from promotion.gitops import GitError, PinMoved
 from promotion.names import (
@@ -123,7 +123,7 @@ def commit_message(e: Evaluation, v: Verdict) -> str:
             a, b = e.challenger.get(metric), e.champion.get(metric)
             if a is None or b is None:
                 continue
-            d = (b - a) if metric in LOWER_IS_BETTER else (a - b)
+            d = improvement(a, b, metric)
             mark = " (decides)" if metric == v.metric else ""
             lines.append(f"  {metric}{mark}: {a:.4f} vs champion v{e.champion_version} {b:.4f}, delta {d:+.4f}")
     else:
@@ -154,7 +154,7 @@ def pr_body(e: Evaluation, v: Verdict, policy: Policy) -> str:
     for metric in METRICS:
         a = e.challenger.get(metric)
         b = e.champion.get(metric) if e.champion is not None else None
-        d = None if a is None or b is None else ((b - a) if metric in LOWER_IS_BETTER else (a - b))
+        d = None if a is None or b is None else improvement(a, b, metric)
         name = f"**{metric}** (decides)" if metric == policy.metric else metric
         out.append(f"| {name} | {_fmt(a)} | {_fmt(b)} | {'n/a' if d is None else f'{d:+.4f}'} |")
     if e.baselines:
