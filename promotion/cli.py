@@ -86,10 +86,15 @@ def _push(repo: Path) -> None:
 def _commit_pin(repo: Path, pin: Path, rel: str, version: int, message: str, push: bool) -> str:
     if gitops.is_dirty(repo, rel):
         _fail(f"{rel} has uncommitted changes; commit or discard them first (git diff -- {rel})")
+    before = pin.read_text()
     try:
         write_pin(pin, version)
         sha = gitops.commit_paths(repo, message, rel)
     except (GitError, PinError) as exc:
+        # Put the committed pin back: a half-done promotion must not leave a dirty pin
+        # that blocks the retry ("uncommitted changes") or gets committed by accident.
+        pin.write_text(before)
+        gitops.git("reset", "-q", "--", rel, cwd=repo, check=False)
         _fail(str(exc))
     click.echo(f"committed {sha[:8]}: {message.splitlines()[0]}")
     if push:

@@ -262,3 +262,20 @@ def test_evidence_against_a_pin_that_moved_is_never_pushed(promo_env: Repos, pro
     assert git("rev-list", "--count", "main", cwd=promo_env.remote) == commits
     assert remote_branches(promo_env) == ["main"]
     assert status_of(promo_mlflow, v) == PromotionStatus.CANDIDATE  # not failed: nothing to retry
+
+
+def test_a_failed_promote_commit_leaves_the_pin_clean_and_retryable(promo_env: Repos, promo_mlflow: Registry,
+                                                                    new_version: Versions) -> None:
+    v, _ = new_version()
+    pin = promo_env.work / PIN_PATH
+    before = pin.read_text()
+    hook = promo_env.work / ".git" / "hooks" / "pre-commit"
+    hook.write_text("#!/bin/sh\necho 'commits are frozen' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    r = CliRunner().invoke(CLI, ["promote", str(v)])
+    assert r.exit_code == 1 and "commits are frozen" in r.output, r.output
+    assert pin.read_text() == before and git("status", "--porcelain", cwd=promo_env.work) == ""
+    hook.unlink()
+    r = CliRunner().invoke(CLI, ["promote", str(v)])  # the retry is not refused as "uncommitted changes"
+    assert r.exit_code == 0, r.output
+    assert parse_pin(pin.read_text()).version == v
