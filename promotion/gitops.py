@@ -248,8 +248,15 @@ def commit_pin_direct(remote: str, branch: str, version: int, message: str,
         if found == version:
             return PushResult(branch, head(local), created=False, already_pinned=True, in_place=True)
         _check_base(branch, found, expected_base)
+        before = (local / pin_path).read_text()
         write_pin(local / pin_path, version)
-        return PushResult(branch, commit_paths(local, message, pin_path), created=True, in_place=True)
+        try:
+            sha = commit_paths(local, message, pin_path)
+        except GitError:
+            (local / pin_path).write_text(before)  # never leave a human's tree with a dirty pin
+            git("reset", "-q", "--", pin_path, cwd=local, check=False)
+            raise
+        return PushResult(branch, sha, created=True, in_place=True)
     last = ""
     for _ in range(attempts):
         with _clone(remote, branch, token) as work:

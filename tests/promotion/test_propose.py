@@ -176,9 +176,19 @@ def test_bootstrap_commits_in_place_in_the_local_working_repo(promo_env: Repos, 
     assert parse_pin((work / PIN_PATH).read_text()).version == v
     assert git("show", "--name-only", "--format=", "HEAD", cwd=work).split() == [PIN_PATH]
     assert git("diff", "--cached", "--name-only", cwd=work).split() == ["notes.txt"]
-    # A dirty pin file is never committed over.
+    # A failed in-place commit leaves the pin as it was (and the step retryable).
     w, run_w = new_version()
-    git("reset", "-q", "--hard", "HEAD~1", cwd=work)  # back to nothing pinned, then dirty the pin
+    git("reset", "-q", "--hard", "HEAD~1", cwd=work)  # back to nothing pinned
+    pinned_before = (work / PIN_PATH).read_text()
+    hook = work / ".git" / "hooks" / "pre-commit"
+    hook.write_text("#!/bin/sh\nexit 1\n")
+    hook.chmod(0o755)
+    with pytest.raises(ProposalError, match="git commit"):
+        propose_from_evaluation(make_evaluation(promo_mlflow, w, run_w, 0.55))
+    hook.unlink()
+    assert (work / PIN_PATH).read_text() == pinned_before
+    assert git("status", "--porcelain", "--", PIN_PATH, cwd=work) == ""
+    # A dirty pin file is never committed over.
     (work / PIN_PATH).write_text((work / PIN_PATH).read_text() + "# edited\n")
     with pytest.raises(ProposalError, match="uncommitted changes"):
         propose_from_evaluation(make_evaluation(promo_mlflow, w, run_w, 0.55))
