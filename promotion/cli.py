@@ -20,7 +20,7 @@ from promotion import gitops, registry
 from promotion.forge import ForgeError, forge_from_env
 from promotion.gitops import GitError
 from promotion.names import CHALLENGER_ALIAS, CHAMPION_ALIAS, MODEL_NAME, PromotionStatus, promotion_title
-from promotion.pin import Pin, PinError, default_pin_path, parse_pin, read_pin, repo_root, write_pin
+from promotion.pin import Pin, PinError, default_pin_path, parse_pin, read_pin, repo_root
 from promotion.propose import PROMOTION_BRANCH_RE
 
 EXIT_UNREACHABLE = 3
@@ -83,18 +83,10 @@ def _push(repo: Path) -> None:
     click.echo(f"pushed {branch} to {gitops.redact(url)}")
 
 
-def _commit_pin(repo: Path, pin: Path, rel: str, version: int, message: str, push: bool) -> str:
-    if gitops.is_dirty(repo, rel):
-        _fail(f"{rel} has uncommitted changes; commit or discard them first (git diff -- {rel})")
-    before = pin.read_text()
+def _commit_pin(repo: Path, rel: str, version: int, message: str, push: bool) -> str:
     try:
-        write_pin(pin, version)
-        sha = gitops.commit_paths(repo, message, rel)
+        sha = gitops.commit_pin(repo, rel, version, message)
     except (GitError, PinError) as exc:
-        # Put the committed pin back: a half-done promotion must not leave a dirty pin
-        # that blocks the retry ("uncommitted changes") or gets committed by accident.
-        pin.write_text(before)
-        gitops.git("reset", "-q", "--", rel, cwd=repo, check=False)
         _fail(str(exc))
     click.echo(f"committed {sha[:8]}: {message.splitlines()[0]}")
     if push:
@@ -157,7 +149,7 @@ def promote(version: str, reason: str, push: bool) -> None:
     _registry_check(n, require=False)
     msg = promotion_title(n) + "\n\n" + (f"Reason: {reason}\n" if reason else "") + \
         f"Previously pinned: {'v' + str(current.version) if current.version else 'nothing'}\n"
-    _commit_pin(repo, pin, rel, n, msg, push)
+    _commit_pin(repo, rel, n, msg, push)
 
 
 def previous_version(history: list[gitops.PinCommit], current: int | None) -> int | None:
@@ -197,7 +189,7 @@ def rollback(to: str | None, reason: str, push: bool) -> None:
         target = found  # type: ignore[assignment]
     state = _registry_check(target, require=False)
     msg = f"Roll back {MODEL_NAME} from v{current} to v{target}\n\n" + (f"Reason: {reason}\n" if reason else "")
-    _commit_pin(repo, pin, rel, target, msg, push)
+    _commit_pin(repo, rel, target, msg, push)
     if state == "ok":
         try:
             registry.set_status(registry.client(), current, PromotionStatus.ROLLED_BACK)  # type: ignore[arg-type]

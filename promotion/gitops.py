@@ -125,6 +125,34 @@ def commit_paths(repo: Path, message: str, *paths: str) -> str:
     return head(repo)
 
 
+def refuse_dirty_pin(repo: Path, pin_path: str) -> None:
+    """A human's uncommitted edit of the pin is never committed over."""
+    if is_dirty(repo, pin_path):
+        raise GitError(f"{repo / pin_path} has uncommitted changes; refusing to commit the pin over them "
+                       f"(see git diff -- {pin_path})")
+
+
+def commit_pin(repo: Path, pin_path: str, version: int | None, message: str) -> str:
+    """Write ``version`` into the pin of a working tree and commit only that file; return the sha.
+
+    If the commit fails (a hook, no identity, ...) the pin is put back as it was, so the
+    tree is not left with a dirty pin that blocks the retry. Refuses a dirty pin first.
+    """
+    refuse_dirty_pin(repo, pin_path)
+    path = repo / pin_path
+    before = path.read_text() if path.exists() else None
+    write_pin(path, version)
+    try:
+        return commit_paths(repo, message, pin_path)
+    except GitError:
+        if before is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_text(before)
+        git("reset", "-q", "--", pin_path, cwd=repo, check=False)
+        raise
+
+
 def head(repo: Path) -> str:
     return git("rev-parse", "HEAD", cwd=repo).stdout.strip()
 
@@ -242,21 +270,12 @@ def commit_pin_direct(remote: str, branch: str, version: int, message: str,
     """
     local = local_path(remote)
     if local is not None and local.exists() and checked_out_branch(local) == branch:
-        if is_dirty(local, pin_path):
-            raise GitError(f"{local / pin_path} has uncommitted changes; refusing to commit the pin over them")
+        refuse_dirty_pin(local, pin_path)
         found = read_pin(local / pin_path).version
         if found == version:
             return PushResult(branch, head(local), created=False, already_pinned=True, in_place=True)
         _check_base(branch, found, expected_base)
-        before = (local / pin_path).read_text()
-        write_pin(local / pin_path, version)
-        try:
-            sha = commit_paths(local, message, pin_path)
-        except GitError:
-            (local / pin_path).write_text(before)  # never leave a human's tree with a dirty pin
-            git("reset", "-q", "--", pin_path, cwd=local, check=False)
-            raise
-        return PushResult(branch, sha, created=True, in_place=True)
+        return PushResult(branch, commit_pin(local, pin_path, version, message), created=True, in_place=True)
     last = ""
     for _ in range(attempts):
         with _clone(remote, branch, token) as work:
