@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from ml.servers import free_port
 from promotion.cli import COMMANDS
+from promotion.evidence import Evaluation
 from promotion.names import MODEL_NAME, PIN_PATH, PromotionStatus, Tag, promotion_branch
 from promotion.pin import parse_pin, render_pin
 from promotion.propose import ProposalError, ProposalOutcome, propose_from_evaluation
@@ -34,25 +35,29 @@ def pin_main(repos: Repos, version: int) -> None:
     git("push", "-q", "origin", "main", cwd=repos.work)
 
 
+def challenge(repos: Repos, reg: Registry, new_version: Versions, score: float = 0.6,
+              champion_score: float = 0.5) -> tuple[int, int, Evaluation]:
+    """A pinned champion on the remote's main and a newer version's evaluation against it."""
+    champ, _ = new_version()
+    v, run_id = new_version()
+    pin_main(repos, champ)
+    return champ, v, make_evaluation(reg, v, run_id, score, champion=(champ, champion_score))
+
+
 def remote_branches(repos: Repos) -> list[str]:
     return git("for-each-ref", "--format=%(refname:short)", "refs/heads", cwd=repos.remote).split()
 
 
 def test_gate_failure_changes_nothing(promo_env: Repos, promo_mlflow: Registry, new_version: Versions) -> None:
-    champ, _ = new_version()
-    v, run_id = new_version()
-    pin_main(promo_env, champ)
-    out = propose_from_evaluation(make_evaluation(promo_mlflow, v, run_id, 0.555, champion=(champ, 0.55)))
+    _, v, e = challenge(promo_env, promo_mlflow, new_version, 0.555, champion_score=0.55)
+    out = propose_from_evaluation(e)
     assert out.status == "rejected" and "< min_improvement 0.01" in out.message
     assert status_of(promo_mlflow, v) == PromotionStatus.CANDIDATE
     assert remote_branches(promo_env) == ["main"]
 
 
 def test_no_forge_pushes_the_branch_only(promo_env: Repos, promo_mlflow: Registry, new_version: Versions) -> None:
-    champ, _ = new_version()
-    v, run_id = new_version()
-    pin_main(promo_env, champ)
-    e = make_evaluation(promo_mlflow, v, run_id, 0.6, champion=(champ, 0.5))
+    _, v, e = challenge(promo_env, promo_mlflow, new_version)
     out = propose_from_evaluation(e)
     assert out.status == "branch_only" and out.pr_url is None
     assert promotion_branch(v) in remote_branches(promo_env)
@@ -63,10 +68,7 @@ def test_no_forge_pushes_the_branch_only(promo_env: Repos, promo_mlflow: Registr
 
 def test_forge_down_then_up(promo_env: Repos, promo_mlflow: Registry, new_version: Versions, gitea: FakeForge,
                             monkeypatch: pytest.MonkeyPatch) -> None:
-    champ, _ = new_version()
-    v, run_id = new_version()
-    pin_main(promo_env, champ)
-    e = make_evaluation(promo_mlflow, v, run_id, 0.6, champion=(champ, 0.5))
+    _, v, e = challenge(promo_env, promo_mlflow, new_version)
     use_forge(monkeypatch, gitea)
     monkeypatch.setenv("PRIMER_FORGE_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens
     with pytest.raises(ProposalError, match="unreachable") as err:
@@ -82,12 +84,10 @@ def test_forge_down_then_up(promo_env: Repos, promo_mlflow: Registry, new_versio
 
 def test_unauthorized(promo_env: Repos, promo_mlflow: Registry, new_version: Versions, fake_forge: FakeForge,
                       monkeypatch: pytest.MonkeyPatch) -> None:
-    champ, _ = new_version()
-    v, run_id = new_version()
-    pin_main(promo_env, champ)
+    _, v, e = challenge(promo_env, promo_mlflow, new_version)
     use_forge(monkeypatch, fake_forge, token="expired-token")
     with pytest.raises(ProposalError, match="HTTP 401") as err:
-        propose_from_evaluation(make_evaluation(promo_mlflow, v, run_id, 0.6, champion=(champ, 0.5)))
+        propose_from_evaluation(e)
     assert "expired-token" not in str(err.value)
     assert status_of(promo_mlflow, v) == PromotionStatus.PROPOSAL_FAILED
     assert fake_forge.prs == []
@@ -96,11 +96,8 @@ def test_unauthorized(promo_env: Repos, promo_mlflow: Registry, new_version: Ver
 def test_pr_already_exists_answer_is_reused(promo_env: Repos, promo_mlflow: Registry, new_version: Versions,
                                             fake_forge: FakeForge, monkeypatch: pytest.MonkeyPatch) -> None:
     """Another run's PR exists but our list did not see it yet: 409 (Gitea) / 422 (GitHub) -> reuse it."""
-    champ, _ = new_version()
-    v, run_id = new_version()
-    pin_main(promo_env, champ)
+    _, _, e = challenge(promo_env, promo_mlflow, new_version)
     use_forge(monkeypatch, fake_forge)
-    e = make_evaluation(promo_mlflow, v, run_id, 0.6, champion=(champ, 0.5))
     first = propose_from_evaluation(e)
     fake_forge.stale_lists = 1
     second = propose_from_evaluation(e)
@@ -111,15 +108,13 @@ def test_pr_already_exists_answer_is_reused(promo_env: Repos, promo_mlflow: Regi
 
 def test_push_rejected_then_retried_by_the_next_run(promo_env: Repos, promo_mlflow: Registry, new_version: Versions,
                                                     gitea: FakeForge, monkeypatch: pytest.MonkeyPatch) -> None:
-    champ, _ = new_version()
-    v, run_id = new_version()
-    pin_main(promo_env, champ)
+    champ, v, e = challenge(promo_env, promo_mlflow, new_version)
     use_forge(monkeypatch, gitea)
     hook = promo_env.remote / "hooks" / "pre-receive"
     hook.write_text("#!/bin/sh\necho 'pushes are frozen' >&2\nexit 1\n")
     hook.chmod(0o755)
     with pytest.raises(ProposalError, match="pushes are frozen"):
-        propose_from_evaluation(make_evaluation(promo_mlflow, v, run_id, 0.6, champion=(champ, 0.5)))
+        propose_from_evaluation(e)
     assert status_of(promo_mlflow, v) == PromotionStatus.PROPOSAL_FAILED
     assert remote_branches(promo_env) == ["main"] and gitea.prs == []
     hook.unlink()
@@ -135,11 +130,8 @@ def test_push_rejected_then_retried_by_the_next_run(promo_env: Repos, promo_mlfl
 
 def test_two_runs_racing_open_one_pr(promo_env: Repos, promo_mlflow: Registry, new_version: Versions,
                                      fake_forge: FakeForge, monkeypatch: pytest.MonkeyPatch) -> None:
-    champ, _ = new_version()
-    v, run_id = new_version()
-    pin_main(promo_env, champ)
+    _, v, e = challenge(promo_env, promo_mlflow, new_version)
     use_forge(monkeypatch, fake_forge)
-    e = make_evaluation(promo_mlflow, v, run_id, 0.6, champion=(champ, 0.5))
     start = threading.Barrier(2)
     results: list[ProposalOutcome | BaseException] = []
 
