@@ -11,12 +11,18 @@ from pathlib import Path
 
 import click
 
+from promotion.names import DEFAULT_TRACKING_URI
+
 
 def _echo(line: str) -> None:
     click.echo(line, err=line.startswith("WARNING"))
 
 
-@click.command("train")
+@click.command("train", help=f"""Ingest, validate, build features, train candidates, evaluate, register the best, propose it.
+
+    Needs an MLflow tracking server (MLFLOW_TRACKING_URI, default {DEFAULT_TRACKING_URI}).
+    Exit status is non-zero when data validation fails (nothing is registered) or any step fails.
+    """)
 @click.option("--source", metavar="SPEC", help="Data source: yfinance | csv:PATH | synthetic[:SEED]. [env PRIMER_DATA_SOURCE; default yfinance]")
 @click.option(
     "--anchor",
@@ -41,11 +47,6 @@ def train_command(
     candidates_file: Path | None,
     no_promote: bool,
 ) -> None:
-    """Ingest, validate, build features, train candidates, evaluate, register the best, propose it.
-
-    Needs an MLflow tracking server (MLFLOW_TRACKING_URI, default http://127.0.0.1:5000).
-    Exit status is non-zero when data validation fails (nothing is registered) or any step fails.
-    """
     from ml.data import DataSourceError
     from ml.pipeline import PipelineError, config_from_env, run_pipeline
     from ml.registry import RegistryError
