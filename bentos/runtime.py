@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from promotion.evidence import METRICS
 from promotion.names import MODEL_NAME
 from promotion.pin import PinError, default_pin_path, parse_pin
+from promotion.registry import public_uri
 from promotion.registry import tracking_uri as configured_tracking_uri
 
 log = logging.getLogger("bentoml.primer")
@@ -184,15 +184,6 @@ def fetch_tomorrow_row(data_source: str, today: date) -> tuple[Any, date]:
 
     prices = load_prices(data_source, start=today - timedelta(days=LOOKBACK_DAYS), end=today)
     return tomorrow_row(prices)
-
-
-def _without_credentials(uri: str) -> str:
-    """``/model`` is public: never echo ``user:password@`` from a URI."""
-    parts = urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
 
 
 def _short(exc: BaseException) -> str:
@@ -401,7 +392,7 @@ class Runtime:
             "last_error": "; ".join(errors) if errors else None,
             "pin_source": str(self.settings.pin_file),
             "pinned_version": str(st.pin_version) if st.pin_version is not None else None,
-            "tracking_uri": _without_credentials(self.settings.tracking_uri),
+            "tracking_uri": public_uri(self.settings.tracking_uri),  # /model is public
             "data_source": self.settings.data_source,
             "as_of": answer.as_of if answer else None,
             "stale": answer.stale if answer else None,

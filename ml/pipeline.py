@@ -277,7 +277,7 @@ def run_pipeline(config: PipelineConfig, echo: Echo = print) -> PipelineResult:
         except registry.RegistryError as exc:
             raise PipelineError(str(exc)) from exc
         sha = registry.git_sha()
-    echo(f"[mlflow] {uri} experiment {experiment_id}")
+    echo(f"[mlflow] {registry.public_uri(uri)} experiment {experiment_id}")
 
     baselines = score_baselines(windows)
     baseline_metrics: dict[str, float] = {}

@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from ml.features import FEATURE_COLUMNS
 from promotion.names import CHALLENGER_ALIAS, EXPERIMENT_NAME, MLFLOW_PORT, MODEL_NAME, PromotionStatus, Tag
-from promotion.registry import RegistryUnreachable, probe, tracking_uri
+from promotion.registry import RegistryUnreachable, probe, public_uri, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def connect(uri: str | None = None, timeout: float = 10.0) -> str:
         probe(uri, timeout)  # file: and sqlite: stores pass: nothing to reach
     except RegistryUnreachable as exc:
         raise RegistryError(
-            f"MLflow tracking server {uri} is not reachable ({exc.reason}); "
+            f"MLflow tracking server {public_uri(uri)} is not reachable ({exc.reason}); "
             f"start one (e.g. `mlflow server --port {MLFLOW_PORT}`) or set MLFLOW_TRACKING_URI"
         ) from exc
     # The pipeline prints its own progress; MLflow would add two URL lines per nested run.

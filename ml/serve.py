@@ -18,6 +18,7 @@ import click
 from ml.servers import _bin
 from promotion.names import SERVING_PORT
 from promotion.pin import default_pin_path, repo_root
+from promotion.registry import public_uri
 from promotion.registry import tracking_uri as configured_tracking_uri
 
 SERVICE_IMPORT = "bentos.service:PrimerService"
@@ -64,7 +65,7 @@ def serve(host: str, port: int) -> None:
     env.setdefault("PRIMER_PIN_FILE", str(default_pin_path().resolve()))
     env.setdefault("BENTOML_DO_NOT_TRACK", "true")
     cmd = serve_command(host, port)
-    click.echo(f"serving {env['PRIMER_PIN_FILE']} from {configured_tracking_uri()} "
+    click.echo(f"serving {env['PRIMER_PIN_FILE']} from {public_uri(configured_tracking_uri())} "
                f"on http://{host}:{port}  ({' '.join(cmd[1:])})", err=True)
     proc = subprocess.Popen(cmd, cwd=root, env=env)
     # Forward SIGTERM (e.g. from `primer down`) so BentoML shuts its workers down cleanly.

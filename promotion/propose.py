@@ -102,7 +102,7 @@ def _fmt(x: float | None) -> str:
 
 
 def _links(e: Evaluation) -> dict[str, str]:
-    ui = e.tracking_uri.rstrip("/")
+    ui = registry.public_uri(e.tracking_uri).rstrip("/")  # the PR body is read by everyone with repo access
     if not ui.startswith(("http://", "https://")):
         ui = "<mlflow ui>"
     links = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -26,7 +27,7 @@ class RegistryUnreachable(RuntimeError):
     """MLflow did not answer; the message says where we looked, ``reason`` what went wrong."""
 
     def __init__(self, uri: str, reason: str) -> None:
-        super().__init__(f"MLflow at {uri} is unreachable ({reason})")
+        super().__init__(f"MLflow at {public_uri(uri)} is unreachable ({reason})")
         self.uri = uri
         self.reason = reason
 
@@ -34,6 +35,14 @@ class RegistryUnreachable(RuntimeError):
 def tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI``, else the local server ``primer up`` starts."""
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def public_uri(uri: str) -> str:
+    """``uri`` without ``user:password@``: for PR bodies, ``/model`` and logs (MLflow accepts URL credentials)."""
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def probe(uri: str, timeout: float = 3.0) -> None:

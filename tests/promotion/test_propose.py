@@ -281,3 +281,15 @@ def test_a_failed_promote_commit_leaves_the_pin_clean_and_retryable(promo_env: R
     r = CliRunner().invoke(CLI, ["promote", str(v)])  # the retry is not refused as "uncommitted changes"
     assert r.exit_code == 0, r.output
     assert parse_pin(pin.read_text()).version == v
+
+
+def test_uri_credentials_never_reach_the_pr_body() -> None:
+    from promotion.policy import Policy, decide
+    from promotion.propose import pr_body
+    from promotion.registry import public_uri
+
+    e = make_evaluation(Registry("http://primer:s3cret@mlflow.example:5000", "1"), 5, "run5", 0.6, champion=(4, 0.5))
+    body = pr_body(e, decide(e, Policy()), Policy())
+    assert "s3cret" not in body and "http://mlflow.example:5000/#/models/spy-direction/versions/5" in body
+    assert public_uri("https://u:p@[::1]:5000/x") == "https://[::1]:5000/x"
+    assert public_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
