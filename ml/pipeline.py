@@ -121,8 +121,7 @@ def _number_env(name: str, default: float, cast: type[int] | type[float]) -> Any
 class _Stages:
     """Wall time per stage (the benchmark prints these)."""
 
-    def __init__(self, echo: Echo):
-        self.echo = echo
+    def __init__(self) -> None:
         self.timings: dict[str, float] = {}
 
     @contextmanager
@@ -249,7 +248,7 @@ def run_pipeline(config: PipelineConfig, echo: Echo = print) -> PipelineResult:
 
     from ml import plots, registry
 
-    stages = _Stages(echo)
+    stages = _Stages()
     t_start = time.perf_counter()
     with stages("data+validate"):
         prices, anchor = prepare_data(config, echo)
