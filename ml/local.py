@@ -23,7 +23,8 @@ from pathlib import Path
 import click
 import httpx
 
-from ml.servers import ServerError, _bin, mlflow_server_command, mlflow_server_env, port_in_use, stop_process, wait_http
+from ml.data import default_source
+from ml.servers import ServerError, console_script, mlflow_server_command, mlflow_server_env, port_in_use, stop_process, wait_http
 from promotion.names import MLFLOW_PORT, MODEL_NAME, SERVING_PORT
 from promotion.pin import PinError, default_pin_path, read_pin, repo_root
 
@@ -110,7 +111,7 @@ def _registered_versions(tracking_uri: str) -> int:
 
 def _run_cli(args: list[str], env: dict[str, str], cwd: Path) -> None:
     """Run a ``primer`` subcommand, its output streamed to the terminal."""
-    proc = subprocess.run([_bin("primer"), *args], env=env, cwd=cwd)
+    proc = subprocess.run([console_script("primer"), *args], env=env, cwd=cwd)
     if proc.returncode != 0:
         raise click.ClickException(f"`primer {' '.join(args)}` failed with exit code {proc.returncode}")
 
@@ -170,7 +171,7 @@ def up(*, offline: bool, source: str | None, mlflow_port: int, port: int, retrai
         if have and not retrain:
             _step(2, total, f"training skipped: {have} version(s) of {MODEL_NAME} already registered (--retrain to train again)")
         else:
-            _step(2, total, f"training ({env.get('PRIMER_DATA_SOURCE', 'yfinance')} data)")
+            _step(2, total, f"training ({env.get('PRIMER_DATA_SOURCE') or default_source()} data)")
             _run_cli(["train"], env, repo)
 
         # 3. The pin (git) and 4. the champion alias (MLflow mirrors git)
@@ -180,8 +181,9 @@ def up(*, offline: bool, source: str | None, mlflow_port: int, port: int, retrai
             raise click.ClickException(str(exc)) from exc
         if pin.version is None:
             raise click.ClickException(
-                "nothing is pinned yet: the promotion policy opened a branch instead of pinning; "
-                "merge it (git merge promote/...) and run `primer up` again"
+                "nothing is pinned after training: the [promote] line of `primer train` above says why "
+                "(with `bootstrap: propose` in promotion/policy.yaml the first model becomes a branch: "
+                "git merge promote/... and run `primer up` again)"
             )
         _step(3, total, f"pinned in git: {pin.model} v{pin.version}")
         _step(4, total, "mirroring the pin into MLflow (alias champion)")
@@ -195,7 +197,7 @@ def up(*, offline: bool, source: str | None, mlflow_port: int, port: int, retrai
         else:
             _check_port(port, "the API", "--port")
             log = sdir / "logs" / "serving.log"
-            proc = _spawn([_bin("primer"), "serve", "--port", str(port)], log, env, repo)
+            proc = _spawn([console_script("primer"), "serve", "--port", str(port)], log, env, repo)
             started.append(proc)
             state.processes["serving"] = Process(pid=proc.pid, port=port, log=str(log))
             state.save(state_file)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from ml.servers import _bin
+from ml.servers import console_script
 from promotion.names import SERVING_PORT
 from promotion.pin import default_pin_path, repo_root
 from promotion.registry import public_uri
@@ -25,7 +25,7 @@ SERVICE_IMPORT = "bentos.service:PrimerService"
 
 
 def serve_command(host: str, port: int) -> list[str]:
-    return [_bin("bentoml"), "serve", SERVICE_IMPORT, "--host", host, "--port", str(port)]
+    return [console_script("bentoml"), "serve", SERVICE_IMPORT, "--host", host, "--port", str(port)]
 
 
 def find_service_root(start: Path | None = None) -> Path:

@@ -33,7 +33,7 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def _bin(name: str) -> str:
+def console_script(name: str) -> str:
     """A console script of this environment (the venv's bin folder first)."""
     here = Path(sys.executable).parent / name
     return str(here) if here.exists() else (shutil.which(name) or name)
@@ -61,7 +61,7 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, lo
 
 def mlflow_server_command(backend_uri: str, artifacts_dir: Path, port: int, host: str = "127.0.0.1") -> list[str]:
     return [
-        _bin("mlflow"), "server",
+        console_script("mlflow"), "server",
         "--backend-store-uri", backend_uri,
         "--artifacts-destination", str(artifacts_dir),
         "--host", host, "--port", str(port),

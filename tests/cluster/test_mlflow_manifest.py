@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ml.servers import _bin, free_port, stop_process, wait_http
+from ml.servers import console_script, free_port, stop_process, wait_http
 from promotion import names
 from tests.cluster.support import find
 
@@ -54,7 +54,7 @@ def mlflow_from_manifest(apps, postgres, tmp_path_factory):
         arg = arg.replace(f"--port={names.MLFLOW_PORT}", f"--port={port}")
         arg = re.sub(r"^--workers=\d+$", "--workers=1", arg)  # same server, less CPU on a shared CI box
         args.append(arg)
-    cmd = [_bin(container["command"][0]), *container["command"][1:], *args]
+    cmd = [console_script(container["command"][0]), *container["command"][1:], *args]
     log = root / "mlflow.log"
     base_env = {k: v for k, v in os.environ.items() if k in {"PATH", "LANG", "LC_ALL"}}
     with open(log, "wb") as out:

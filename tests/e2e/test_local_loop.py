@@ -19,7 +19,7 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from ml.servers import _bin, free_port, port_in_use
+from ml.servers import console_script, free_port, port_in_use
 from promotion.names import CHAMPION_ALIAS, MODEL_NAME, PIN_PATH, promotion_branch
 from promotion.pin import read_pin
 from tests.repo_copy import copy_repo
@@ -30,7 +30,7 @@ SEED_KEYS = {"prediction", "confidence", "threshold", "model_source", "model_ali
 
 
 def _primer(repo: Path, env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([_bin("primer"), *args], cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([console_script("primer"), *args], cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _served_version(api: str) -> str | None:
@@ -165,7 +165,7 @@ def test_ctrl_c_during_up_stops_what_it_started(loop_repo: tuple[Path, dict[str,
     mlflow_port = free_port()
     env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{mlflow_port}"
     # Its own process group, like a shell's foreground job: Ctrl-C signals the whole group.
-    proc = subprocess.Popen([_bin("primer"), "up", "--offline", "--mlflow-port", str(mlflow_port),
+    proc = subprocess.Popen([console_script("primer"), "up", "--offline", "--mlflow-port", str(mlflow_port),
                              "--port", str(free_port())], cwd=repo, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:

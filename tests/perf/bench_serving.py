@@ -42,7 +42,7 @@ import psutil
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
-from ml.servers import _bin, free_port, start_mlflow_server, stop_process, wait_http  # noqa: E402
+from ml.servers import console_script, free_port, start_mlflow_server, stop_process, wait_http  # noqa: E402
 from promotion.names import MODEL_NAME  # noqa: E402
 
 
@@ -150,7 +150,7 @@ def main() -> int:
         pin = tmp / "model-version.yaml"
         pin.write_text(f"model: {MODEL_NAME}\nversion: null\n")
         env["PRIMER_PIN_FILE"] = str(pin)
-        subprocess.run([_bin("primer"), "train", "--source", "synthetic", "--no-promote"], cwd=REPO_ROOT, env=env,
+        subprocess.run([console_script("primer"), "train", "--source", "synthetic", "--no-promote"], cwd=REPO_ROOT, env=env,
                        check=True, capture_output=True)
         from mlflow import MlflowClient
 
@@ -163,7 +163,7 @@ def main() -> int:
         t0 = time.perf_counter()
         with open(tmp / "serve.log", "ab") as log:
             ours = subprocess.Popen(
-                [_bin("bentoml"), "serve", "bentos.service:PrimerService", "--host", "127.0.0.1", "--port", str(sport)],
+                [console_script("bentoml"), "serve", "bentos.service:PrimerService", "--host", "127.0.0.1", "--port", str(sport)],
                 cwd=REPO_ROOT, env=env_s, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         procs.append(ours)
@@ -193,7 +193,7 @@ def main() -> int:
         bport = free_port()
         with open(tmp / "mlflow-serve.log", "ab") as log:
             theirs = subprocess.Popen(
-                [_bin("mlflow"), "models", "serve", "-m", f"models:/{MODEL_NAME}/{version}", "--env-manager", "local",
+                [console_script("mlflow"), "models", "serve", "-m", f"models:/{MODEL_NAME}/{version}", "--env-manager", "local",
                  "-h", "127.0.0.1", "-p", str(bport)],
                 cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )

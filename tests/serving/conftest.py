@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ml.servers import _bin, free_port, stop_process, wait_http
+from ml.servers import console_script, free_port, stop_process, wait_http
 from promotion.names import MODEL_NAME
 
 # Derived from this file, not hard-coded: `bentoml serve` runs from the repo root.
@@ -86,7 +86,7 @@ def start_service(tmp: Path, tracking_uri: str, pin_version: int | None, **env_o
     log = tmp / "serve.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [_bin("bentoml"), "serve", "bentos.service:PrimerService", "--host", "127.0.0.1", "--port", str(port)],
+            [console_script("bentoml"), "serve", "bentos.service:PrimerService", "--host", "127.0.0.1", "--port", str(port)],
             cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
@@ -109,7 +109,7 @@ def train(tracking_uri: str, source: str, pin_file: Path) -> int:
     """Register one version with the real pipeline (`primer train --no-promote`); return its number."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PRIMER_PIN_FILE": str(pin_file)}
     res = subprocess.run(
-        [_bin("primer"), "train", "--source", source, "--no-promote"],
+        [console_script("primer"), "train", "--source", source, "--no-promote"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert res.returncode == 0, f"primer train failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from ml.servers import _bin
+from ml.servers import console_script
 from tests.serving.conftest import REPO_ROOT
 
 
@@ -17,7 +17,7 @@ def test_bentoml_build_packs_service_ml_and_promotion(tmp_path: Path) -> None:
     home = tmp_path / "bentoml-home"
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
     res = subprocess.run(
-        [_bin("bentoml"), "build", "-f", "bentos/bentofile.yaml", ".", "-o", "tag"],
+        [console_script("bentoml"), "build", "-f", "bentos/bentofile.yaml", ".", "-o", "tag"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

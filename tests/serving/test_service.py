@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ml.servers import _bin, stop_process
+from ml.servers import console_script, stop_process
 from promotion.names import MODEL_NAME
 from tests.serving.conftest import REPO_ROOT, Registered, Service, start_service, write_pin
 
@@ -227,7 +227,7 @@ def test_fuzz_openapi_schema_no_server_errors(service: Service, registered: Regi
     service.wait_model(lambda i: i["ready"] and i["last_error"] is None, what="a loaded model")
     res = subprocess.run(
         [
-            _bin("st"), "run", f"{service.url}/docs.json",
+            console_script("st"), "run", f"{service.url}/docs.json",
             "--checks", "not_a_server_error",
             "--phases", "examples,coverage,fuzzing",
             "--max-examples", "150",
@@ -298,7 +298,7 @@ def test_primer_serve_answers_the_seed_curl(registered: Registered, tmp_path: Pa
     log = tmp_path / "serve.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [_bin("primer"), "serve", "--port", str(port)], cwd=REPO_ROOT, env=env,
+            [console_script("primer"), "serve", "--port", str(port)], cwd=REPO_ROOT, env=env,
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
