@@ -127,6 +127,27 @@ def _stop_on_interrupt(started: list[subprocess.Popen]) -> Iterator[None]:
         raise
 
 
+def _ensure_server(name: str, label: str, cmd: list[str], *, port: int, port_option: str, ready_url: str, timeout: float,
+                   env: dict[str, str], repo: Path, state: State, state_file: Path,
+                   started: list[subprocess.Popen]) -> None:
+    """Start a background server unless the one recorded in the state still runs; wait until it is ready."""
+    running = state.processes.get(name)
+    if running and _alive(running.pid) and running.port == port:
+        click.echo(f"      already running (pid {running.pid})")
+        return
+    _check_port(port, label, port_option)
+    log = state_file.parent / "logs" / f"{name}.log"
+    proc = _spawn(cmd, log, env, repo)
+    started.append(proc)
+    state.processes[name] = Process(pid=proc.pid, port=port, log=str(log))
+    state.save(state_file)
+    try:
+        wait_http(ready_url, timeout, proc, log)
+    except ServerError as exc:
+        raise click.ClickException(f"{name} did not become ready: {exc}") from exc
+    click.echo(f"      ready (pid {proc.pid}, log {log})")
+
+
 def up(*, offline: bool, source: str | None, mlflow_port: int, port: int, retrain: bool) -> None:
     repo = repo_root()
     sdir = state_dir(repo)
@@ -151,20 +172,13 @@ def up(*, offline: bool, source: str | None, mlflow_port: int, port: int, retrai
     with _stop_on_interrupt(started):
         # 1. MLflow
         _step(1, total, f"MLflow server on {tracking_uri} (state in {sdir})")
-        running = state.processes.get("mlflow")
-        if running and _alive(running.pid) and running.port == mlflow_port:
-            click.echo(f"      already running (pid {running.pid})")
-        else:
-            _check_port(mlflow_port, "MLflow", "--mlflow-port")
-            log = sdir / "logs" / "mlflow.log"
-            cmd = mlflow_server_command(f"sqlite:///{sdir / 'mlflow.db'}", sdir / "mlartifacts", mlflow_port)
-            (sdir / "mlartifacts").mkdir(parents=True, exist_ok=True)
-            proc = _spawn(cmd, log, mlflow_server_env(env), repo)
-            started.append(proc)
-            wait_http(f"{tracking_uri}/health", MLFLOW_START_TIMEOUT, proc, log)
-            state.processes["mlflow"] = Process(pid=proc.pid, port=mlflow_port, log=str(log))
-            state.save(state_file)
-            click.echo(f"      started (pid {proc.pid}, log {log})")
+        (sdir / "mlartifacts").mkdir(parents=True, exist_ok=True)
+        _ensure_server(
+            "mlflow", "MLflow", mlflow_server_command(f"sqlite:///{sdir / 'mlflow.db'}", sdir / "mlartifacts", mlflow_port),
+            port=mlflow_port, port_option="--mlflow-port", ready_url=f"{tracking_uri}/health",
+            timeout=MLFLOW_START_TIMEOUT, env=mlflow_server_env(env), repo=repo, state=state,
+            state_file=state_file, started=started,
+        )
 
         # 2. Train once (skipped when a model is already registered: resume, don't duplicate)
         have = _registered_versions(tracking_uri)
@@ -191,21 +205,11 @@ def up(*, offline: bool, source: str | None, mlflow_port: int, port: int, retrai
 
         # 5. Serving
         _step(5, total, f"BentoML service on http://127.0.0.1:{port}")
-        running = state.processes.get("serving")
-        if running and _alive(running.pid) and running.port == port:
-            click.echo(f"      already running (pid {running.pid})")
-        else:
-            _check_port(port, "the API", "--port")
-            log = sdir / "logs" / "serving.log"
-            proc = _spawn([console_script("primer"), "serve", "--port", str(port)], log, env, repo)
-            started.append(proc)
-            state.processes["serving"] = Process(pid=proc.pid, port=port, log=str(log))
-            state.save(state_file)
-            try:
-                wait_http(f"http://127.0.0.1:{port}/readyz", SERVING_READY_TIMEOUT, proc, log)
-            except ServerError as exc:
-                raise click.ClickException(f"the service did not become ready: {exc}") from exc
-            click.echo(f"      ready (pid {proc.pid}, log {log})")
+        _ensure_server(
+            "serving", "the API", [console_script("primer"), "serve", "--port", str(port)],
+            port=port, port_option="--port", ready_url=f"http://127.0.0.1:{port}/readyz",
+            timeout=SERVING_READY_TIMEOUT, env=env, repo=repo, state=state, state_file=state_file, started=started,
+        )
 
     elapsed = time.monotonic() - t0
     _summary(repo, tracking_uri, port, mlflow_port, elapsed)

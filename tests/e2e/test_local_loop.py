@@ -171,7 +171,7 @@ def test_ctrl_c_during_up_stops_what_it_started(loop_repo: tuple[Path, dict[str,
     try:
         deadline = time.monotonic() + 120
         state = repo / ".primer" / "state.json"
-        while not state.exists():  # MLflow is up and recorded: training comes next
+        while not (state.exists() and port_in_use(mlflow_port)):  # MLflow is up and recorded: training next
             assert proc.poll() is None and time.monotonic() < deadline, "primer up ended before MLflow was up"
             time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGINT)
