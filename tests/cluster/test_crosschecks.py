@@ -117,7 +117,7 @@ def test_serving_service_is_the_public_contract(apps) -> None:
 def test_readme_and_scripts_show_the_same_api_url(lab) -> None:
     url = f"http://{names.WORKER_IP}:{names.SERVING_NODE_PORT}/predictionForTomorrow"
     readme = _read("README.md")
-    section = readme.split("<!-- section:cluster -->", 1)[1].split("<!-- /section:cluster -->", 1)[0]
+    section = readme.split("\n## The cluster: `vagrant up`", 1)[1].split("\n## ", 1)[0]
     assert url in section, "the README cluster section must show the API URL"
     for script in ("access.sh", "verify.sh"):
         text = _read(f"cluster-bootstrap/{script}")
