@@ -10,3 +10,17 @@ def test_mlflow_backends_store_and_return_a_registered_model(any_mlflow_server):
     client.create_registered_model(name)
     assert client.get_registered_model(name).name == name
     mlflow.set_tracking_uri(any_mlflow_server.uri)
+
+
+def test_free_ports_are_distinct_bindable_and_outside_the_ephemeral_range():
+    # BentoML takes its internal control ports with bind(0), from the ephemeral range;
+    # a port we hand a server must not be one of those (a CI run failed on exactly that).
+    import socket
+
+    from ml.servers import _ephemeral_range_start, free_port
+
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == len(ports)
+    assert all(1024 <= p < _ephemeral_range_start() for p in ports)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports[-1]))
