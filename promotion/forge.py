@@ -19,6 +19,8 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponen
 GITHUB_API = "https://api.github.com"
 GITEA_DEFAULT = "http://gitea:3000"
 TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+PAGE_SIZE = 50  # Gitea's default MAX_RESPONSE_ITEMS; GitHub allows up to 100
+MAX_PAGES = 40
 
 
 class ForgeError(RuntimeError):
@@ -122,8 +124,17 @@ class HttpForge:
                            state=d.get("state", "open"))
 
     def list_open_prs(self) -> list[PullRequest]:
-        size = {"limit": 50} if self.kind == "gitea" else {"per_page": 100}
-        return [self._pr(d) for d in self._request("GET", "/pulls", params={"state": "open", **size}) or []]
+        """Every open PR, page by page until an empty page (a forge may cap the page size
+        below what we ask for, so a short page does not prove it was the last)."""
+        size = {"limit": PAGE_SIZE} if self.kind == "gitea" else {"per_page": PAGE_SIZE}
+        prs: list[PullRequest] = []
+        for page in range(1, MAX_PAGES + 1):
+            batch = self._request("GET", "/pulls", params={"state": "open", "page": page, **size}) or []
+            if not batch:
+                return prs
+            prs.extend(self._pr(d) for d in batch)
+        raise ForgeError(f"{self.kind}: more than {MAX_PAGES * PAGE_SIZE} open pull requests in {self.repo}; "
+                         "close some before proposing again")
 
     def create_pr(self, title: str, body: str, head: str, base: str) -> PullRequest:
         """Open a PR; if one is already open for ``head`` (a concurrent run), return that one."""

@@ -1,7 +1,7 @@
 """A local stand-in for a hosted forge's REST API (Gitea or GitHub).
 
 It implements exactly the four endpoints promotion/forge.py calls — list
-open PRs, create a PR, close a PR (PATCH state=closed), comment on a PR — with
+open PRs (paged like the real ones), create a PR, close a PR (PATCH state=closed), comment on a PR — with
 each forge's real answers for the cases we handle (401 on a bad token,
 Gitea 409 / GitHub 422 when a PR for the branch already exists), and records
 every request so tests can assert method, path, headers and body.
@@ -36,6 +36,7 @@ class FakeForge:
     requests: list[Recorded] = field(default_factory=list)
     force_status: int | None = None  # answer every request with this status (e.g. 500)
     stale_lists: int = 0  # the next N list calls answer [] (another run's PR not visible yet)
+    max_page_size: int = 50  # the server's cap on limit/per_page (Gitea: MAX_RESPONSE_ITEMS)
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
@@ -97,7 +98,7 @@ class FakeForge:
                 if self.stale_lists > 0:
                     self.stale_lists -= 1
                     return self._send(h, 200, [])
-                return self._send(h, 200, self.open_prs())
+                return self._send(h, 200, self._page(parse_qs(parts.query)))
             if path == f"{base}/pulls" and h.command == "POST":
                 return self._create(h, body)
             if path.startswith(f"{base}/pulls/") and h.command == "PATCH":
@@ -114,6 +115,14 @@ class FakeForge:
                 self.comments.append({"number": n, "body": body["body"]})
                 return self._send(h, 201, {"id": len(self.comments), "body": body["body"]})
             return self._send(h, 404, {"message": f"no route {h.command} {path}"})
+
+    def _page(self, query: dict[str, list[str]]) -> list[dict[str, Any]]:
+        """Both forges page with ``page`` (1-based); Gitea sizes with ``limit``, GitHub with
+        ``per_page``; both cap the size server-side; the default size here is the cap."""
+        size_key = "limit" if self.kind == "gitea" else "per_page"
+        size = min(int(query.get(size_key, [self.max_page_size])[0]), self.max_page_size)
+        page = int(query.get("page", ["1"])[0])
+        return self.open_prs()[(page - 1) * size: page * size]
 
     def _find(self, number: int) -> dict[str, Any] | None:
         return next((p for p in self.prs if p["number"] == number), None)

@@ -31,7 +31,8 @@ def test_endpoints_methods_paths_headers_bodies(fake_forge: FakeForge) -> None:
     assert got == [
         ("POST", f"{base}/pulls", {"title": "Promote spy-direction to v2", "body": "evidence",
                                    "head": "promote/spy-direction-v2", "base": "main"}),
-        ("GET", f"{base}/pulls", None),
+        ("GET", f"{base}/pulls", None),  # page 1: the PR
+        ("GET", f"{base}/pulls", None),  # page 2: empty, the end
         ("POST", f"{base}/issues/1/comments", {"body": "Superseded"}),
         ("PATCH", f"{base}/pulls/1", {"state": "closed"}),
         ("GET", f"{base}/pulls", None),
@@ -45,6 +46,17 @@ def test_endpoints_methods_paths_headers_bodies(fake_forge: FakeForge) -> None:
     assert f.comments == [{"number": 1, "body": "Superseded"}]
 
 
+def test_listing_reads_every_page_even_when_the_forge_caps_the_page_size(fake_forge: FakeForge) -> None:
+    """Gitea caps page sizes at MAX_RESPONSE_ITEMS (an admin may set it below what we ask)."""
+    fake_forge.max_page_size = 3
+    fc = client(fake_forge)
+    for v in range(2, 10):
+        fc.create_pr(f"Promote spy-direction to v{v}", "b", f"promote/spy-direction-v{v}", "main")
+    assert [p.head for p in fc.list_open_prs()] == [f"promote/spy-direction-v{v}" for v in range(2, 10)]
+    pages = [r.query["page"] for r in fake_forge.requests if r.method == "GET"]
+    assert pages == [["1"], ["2"], ["3"], ["4"]]
+
+
 def test_existing_pr_answer_returns_the_open_pr(fake_forge: FakeForge) -> None:
     """Gitea answers 409, GitHub 422 when a PR for the branch is already open."""
     fc = client(fake_forge)
@@ -52,7 +64,7 @@ def test_existing_pr_answer_returns_the_open_pr(fake_forge: FakeForge) -> None:
     again = fc.create_pr("t", "b", "promote/spy-direction-v3", "main")
     assert again == first
     statuses = [r.method for r in fake_forge.requests]
-    assert statuses == ["POST", "POST", "GET"]
+    assert statuses == ["POST", "POST", "GET", "GET"]
     assert len(fake_forge.prs) == 1
 
 
