@@ -76,8 +76,8 @@ def _repo_and_pin() -> tuple[Path, Path, str]:
 
 def _push(repo: Path) -> None:
     branch = gitops.git("symbolic-ref", "--short", "HEAD", cwd=repo).stdout.strip()
-    remote = os.environ.get("PRIMER_GIT_REMOTE") or "origin"
-    url = remote if remote != "origin" else gitops.git("remote", "get-url", "origin", cwd=repo).stdout.strip()
+    remote = os.environ.get("PRIMER_GIT_REMOTE") or "origin"  # a remote's name or a URL
+    url = gitops.remote_url(repo, remote)  # the URL decides whether the token is sent
     gitops.git("push", "-q", remote, f"HEAD:refs/heads/{branch}", cwd=repo, remote=url,
                token=os.environ.get("PRIMER_FORGE_TOKEN") or None)
     click.echo(f"pushed {branch} to {gitops.redact(url)}")

@@ -96,6 +96,12 @@ def git(*args: str, cwd: Path | str | None = None, remote: str | None = None, to
     return proc
 
 
+def remote_url(repo: Path, remote: str) -> str:
+    """The URL of ``remote`` when it names a configured remote of ``repo``, else ``remote`` itself (a URL)."""
+    named = git("remote", "get-url", remote, cwd=repo, check=False)
+    return named.stdout.strip() if named.returncode == 0 else remote
+
+
 def local_path(remote: str) -> Path | None:
     """The filesystem path of a local remote (plain path or file://), else None."""
     if remote.startswith("file://"):

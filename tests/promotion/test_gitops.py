@@ -67,3 +67,23 @@ def test_credentials_in_a_remote_url_never_reach_an_error_message(http_git: tupl
     with pytest.raises(GitError) as err:
         remote_branch_sha(with_creds, "main")
     assert "s3cret-pass" not in str(err.value) and "://***@127.0.0.1" in str(err.value)
+
+
+def test_push_to_a_named_remote_sends_the_token(http_git: tuple[str, list[dict[str, str]]], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """`primer promote --push` with PRIMER_GIT_REMOTE=<remote name>: the token follows the remote's URL."""
+    from promotion.cli import _push
+    from promotion.gitops import git
+
+    url, seen = http_git
+    repo = tmp_path / "repo"
+    git("init", "-q", "-b", "main", str(repo))
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init", cwd=repo)
+    git("remote", "add", "upstream", url, cwd=repo)
+    monkeypatch.setenv("PRIMER_GIT_REMOTE", "upstream")
+    monkeypatch.setenv("PRIMER_FORGE_TOKEN", "tok-named-remote")
+    with pytest.raises(GitError) as err:  # the stand-in answers 403
+        _push(repo)
+    assert "tok-named-remote" not in str(err.value)
+    expected = "Basic " + base64.b64encode(b"x-access-token:tok-named-remote").decode()
+    assert seen and all(h.get("Authorization") == expected for h in seen)
