@@ -153,11 +153,14 @@ def promote(version: str, reason: str, push: bool) -> None:
 
 
 def previous_version(history: list[gitops.PinCommit], current: int | None) -> int | None:
-    """The newest earlier pin that is neither the current one nor one a rollback moved away from."""
-    rolled_from = {int(m.group(1)) for h in history if (m := _ROLLBACK_RE.match(h.subject))}
+    """The newest earlier pin that is not the current one and was not rolled back from since
+    it was pinned (``history`` is newest first; a version re-promoted after a rollback counts again)."""
+    rolled_back_later: set[int] = set()
     for h in history:
-        if h.version is not None and h.version != current and h.version not in rolled_from:
+        if h.version is not None and h.version != current and h.version not in rolled_back_later:
             return h.version
+        if m := _ROLLBACK_RE.match(h.subject):
+            rolled_back_later.add(int(m.group(1)))
     return None
 
 
@@ -168,7 +171,7 @@ def previous_version(history: list[gitops.PinCommit], current: int | None) -> in
 def rollback(to: str | None, reason: str, push: bool) -> None:
     """Pin the previously pinned version (from the pin file's git history) and commit.
 
-    Versions a rollback already moved away from are skipped. The version rolled
+    Versions rolled back from since they were last pinned are skipped. The version rolled
     back from is tagged promotion_status=rolled_back in MLflow when it is reachable.
     """
     repo, pin, rel = _repo_and_pin()
