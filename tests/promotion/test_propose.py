@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import threading
+import multiprocessing
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -128,28 +129,32 @@ def test_push_rejected_then_retried_by_the_next_run(promo_env: Repos, promo_mlfl
     assert status_of(promo_mlflow, w) == PromotionStatus.CANDIDATE
 
 
+def _propose_when_released(evaluation: Evaluation, start: Any, results: Any) -> None:
+    """One racing CronJob run, in its own process (module level so `spawn` can import it)."""
+    start.wait(120)
+    try:
+        out = propose_from_evaluation(evaluation)
+        results.put((out.status, out.pr_url))
+    except BaseException as exc:  # surfaced by the assertion in the test
+        results.put(("error", repr(exc)))
+
+
 def test_two_runs_racing_open_one_pr(promo_env: Repos, promo_mlflow: Registry, new_version: Versions,
                                      fake_forge: FakeForge, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two processes (two CronJob pods) propose the same version at the same moment."""
     _, v, e = challenge(promo_env, promo_mlflow, new_version)
-    use_forge(monkeypatch, fake_forge)
-    start = threading.Barrier(2)
-    results: list[ProposalOutcome | BaseException] = []
-
-    def go() -> None:
-        start.wait()
-        try:
-            results.append(propose_from_evaluation(e))
-        except BaseException as exc:  # surfaced by the assertion below
-            results.append(exc)
-
-    threads = [threading.Thread(target=go) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert all(isinstance(r, ProposalOutcome) for r in results), results
+    use_forge(monkeypatch, fake_forge)  # environment, inherited by the processes
+    ctx = multiprocessing.get_context("spawn")  # no forked copies of this process's threads and clients
+    start, results = ctx.Barrier(2), ctx.Queue()
+    runs = [ctx.Process(target=_propose_when_released, args=(e, start, results)) for _ in range(2)]
+    for r in runs:
+        r.start()
+    outcomes = [results.get(timeout=180) for _ in runs]
+    for r in runs:
+        r.join(30)
+    assert sorted(status for status, _ in outcomes) == ["proposed", "reused"], outcomes
     assert len(fake_forge.prs) == 1
-    assert {r.pr_url for r in results} == {fake_forge.prs[0]["html_url"]}  # type: ignore[union-attr]
+    assert {url for _, url in outcomes} == {fake_forge.prs[0]["html_url"]}
     assert remote_branches(promo_env).count(promotion_branch(v)) == 1
     assert git("rev-list", "--count", f"main..{promotion_branch(v)}", cwd=promo_env.remote) == "1"
 
