@@ -72,6 +72,24 @@ def test_sync_waves_are_integers_in_design_order(apps) -> None:
     assert len(set(waves.values())) == len(waves), "each app in its own wave"
 
 
+def test_a_failed_sync_retries_with_the_newest_commit(apps, bootstrap, lab) -> None:
+    """A revert pushed while a bad pin's sync is failing must not wait for the old sync's retries.
+    `retry.refresh` exists since Argo CD 3.1 (argo-cd#23038)."""
+    major, minor = (int(x) for x in lab["ARGOCD_VERSION"].split(".")[:2])
+    assert (major, minor) >= (3, 1)
+    for name, app in _applications(apps, bootstrap).items():
+        retry = app["spec"]["syncPolicy"]["retry"]
+        assert retry.get("refresh") is True, name
+        assert retry["limit"] >= 3, name
+
+
+def test_a_bad_pin_holds_the_serving_sync_for_minutes_not_a_quarter_hour(apps) -> None:
+    # Argo CD waits for the Deployment's health before the PostSync hook; a rollout that
+    # cannot become ready turns Degraded only at the progress deadline, which ends the wait.
+    dep = next(o for o in apps["apps/serving"] if o["kind"] == "Deployment")
+    assert dep["spec"]["progressDeadlineSeconds"] <= 180
+
+
 def test_root_application_is_the_app_of_apps(bootstrap) -> None:
     (root,) = bootstrap["cluster-bootstrap/manifests/root-application.yaml"]
     assert root["metadata"]["name"] == "root"
