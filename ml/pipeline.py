@@ -250,6 +250,8 @@ def run_pipeline(config: PipelineConfig, echo: Echo = print) -> PipelineResult:
 
     stages = _Stages()
     t_start = time.perf_counter()
+    if config.promote:
+        _check_promotion_settings()
     with stages("data+validate"):
         prices, anchor = prepare_data(config, echo)
     with stages("features"):
@@ -418,6 +420,16 @@ def _evaluation_json(ev: Evaluation) -> dict[str, Any]:
     from dataclasses import asdict
 
     return json.loads(json.dumps(asdict(ev), default=str))
+
+
+def _check_promotion_settings() -> None:
+    """Fail before training when the promotion step could not run (policy file, forge variables)."""
+    from promotion import propose
+
+    try:
+        propose.load_settings()
+    except propose.PromotionConfigError as exc:
+        raise PipelineError(f"{exc}; nothing was trained (fix it, or run with --no-promote)") from exc
 
 
 def _propose(evaluation: Evaluation, echo: Echo) -> Any:

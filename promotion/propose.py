@@ -32,7 +32,7 @@ from promotion.names import (
     CHALLENGER_ALIAS, PIN_PATH, POLICY_PATH, PromotionStatus, Tag, promotion_branch, promotion_title,
 )
 from promotion.pin import PinError, repo_root
-from promotion.policy import Policy, Verdict, decide, load_policy
+from promotion.policy import Policy, PolicyError, Verdict, decide, load_policy
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +52,31 @@ class PromotionSettings:
 
     @classmethod
     def from_env(cls) -> PromotionSettings:
-        return cls(
-            # Unset: the local repository itself (``primer up``): branches are pushed into it.
-            remote=os.environ.get("PRIMER_GIT_REMOTE") or str(repo_root()),
-            branch=os.environ.get("PRIMER_GIT_BRANCH") or "main",
-            token=os.environ.get("PRIMER_FORGE_TOKEN") or None,
-        )
+        remote = os.environ.get("PRIMER_GIT_REMOTE")
+        branch = os.environ.get("PRIMER_GIT_BRANCH")
+        if not remote:
+            # The local repository itself (``primer up``): branches are pushed into it, and the
+            # target is the branch checked out there (a user on a feature branch sees the pin move).
+            remote = str(repo_root())
+            if not branch:
+                try:
+                    branch = gitops.checked_out_branch(Path(remote))
+                except GitError:  # not a repository: pushing says so, if the gate ever passes
+                    branch = None
+        return cls(remote=remote, branch=branch or "main", token=os.environ.get("PRIMER_FORGE_TOKEN") or None)
+
+
+class PromotionConfigError(ProposalError):
+    """The promotion settings (policy file, forge variables) are unusable; nothing was attempted."""
+
+
+def load_settings() -> tuple[PromotionSettings, Policy, Forge]:
+    """Settings, policy and forge from the environment. The pipeline calls this before it
+    trains anything, so a typo in PRIMER_FORGE_* or the policy costs seconds, not a run."""
+    try:
+        return PromotionSettings.from_env(), load_policy(), forge_from_env()
+    except (PolicyError, ForgeError, PinError, GitError) as exc:
+        raise PromotionConfigError(f"promotion settings: {exc}") from exc
 
 
 @dataclass
@@ -331,9 +350,9 @@ def propose_from_evaluation(evaluation: Evaluation, *, settings: PromotionSettin
 
     Raises :class:`ProposalError` when git or the forge fails (after tagging the version for retry).
     """
-    settings = settings or PromotionSettings.from_env()
-    policy = policy or load_policy()
-    forge = forge or forge_from_env()
+    if settings is None or policy is None or forge is None:
+        env_settings, env_policy, env_forge = load_settings()
+        settings, policy, forge = settings or env_settings, policy or env_policy, forge or env_forge
     verdict = decide(evaluation, policy)
     c = registry.client(evaluation.tracking_uri)
     if not verdict.passed:

@@ -72,6 +72,21 @@ def test_bad_numbers_in_the_environment_are_named(env, message, trainer_factory,
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("env,message", [
+    ({"PRIMER_FORGE": "gitea"}, "PRIMER_FORGE_REPO must be owner/name, got ''"),
+    ({"PRIMER_FORGE": "gitlab"}, "PRIMER_FORGE must be gitea, github or none, got 'gitlab'"),
+    ({"PRIMER_POLICY_FILE": "/nonexistent/policy.yaml"}, "/nonexistent/policy.yaml: policy file not found"),
+])
+def test_unusable_promotion_settings_stop_the_run_before_training(env, message, trainer_factory, mlflow_server,
+                                                                  fast_grid: Path):
+    before = _versions(mlflow_server.uri)
+    result = trainer_factory(mlflow_server.uri)(*ARGS, "--candidates", str(fast_grid), env=env)
+    assert result.exit_code == 1, result.output
+    assert f"promotion settings: {message}; nothing was trained" in result.output
+    assert "[data]" not in result.output and "Traceback" not in result.output
+    assert _versions(mlflow_server.uri) == before
+
+
 def test_bad_replay_settings_are_named(trainer_factory, mlflow_server):
     result = trainer_factory(mlflow_server.uri)(
         "--source", "synthetic", "--no-promote", env={"PRIMER_MODE": "replay", "PRIMER_REPLAY_START": "2020-01-02"}

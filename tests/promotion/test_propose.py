@@ -159,6 +159,22 @@ def test_two_runs_racing_open_one_pr(promo_env: Repos, promo_mlflow: Registry, n
     assert git("rev-list", "--count", f"main..{promotion_branch(v)}", cwd=promo_env.remote) == "1"
 
 
+def test_in_place_bootstrap_targets_the_checked_out_branch(promo_env: Repos, promo_mlflow: Registry,
+                                                            new_version: Versions,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`primer up` on a feature branch: the pin moves where the user is, main is left alone."""
+    monkeypatch.delenv("PRIMER_GIT_REMOTE")
+    monkeypatch.delenv("PRIMER_GIT_BRANCH")
+    work = promo_env.work
+    git("checkout", "-q", "-b", "my-feature", cwd=work)
+    main_before = git("rev-parse", "main", cwd=work)
+    v, run_id = new_version()
+    out = propose_from_evaluation(make_evaluation(promo_mlflow, v, run_id, 0.55))
+    assert out.status == "committed" and out.branch == "my-feature", out.message
+    assert parse_pin((work / PIN_PATH).read_text()).version == v
+    assert git("rev-parse", "main", cwd=work) == main_before
+
+
 def test_bootstrap_commits_in_place_in_the_local_working_repo(promo_env: Repos, promo_mlflow: Registry,
                                                                new_version: Versions,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
