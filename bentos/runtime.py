@@ -104,7 +104,7 @@ class FeatureRow:
 
 @dataclass(frozen=True)
 class Answer:
-    """Everything ``/predictionForTomorrow`` needs, computed once per (version, as_of)."""
+    """Everything ``/predictionForTomorrow`` needs, computed once per (version, feature row)."""
 
     model_version: str
     confidence: float
@@ -350,7 +350,7 @@ class Runtime:
 
     # -- the published answer --------------------------------------------------------
     def publish(self) -> None:
-        """Recompute the answer for the current model and feature row (cached per version and as_of)."""
+        """Recompute the answer for the current model and feature row (cached per version and row)."""
         with self._publish_lock:  # only the two background threads take it; requests never do
             model = self.model
             if model is None:
@@ -367,7 +367,9 @@ class Runtime:
                 return
             # Fresh data if we have it, else the most recent row we know.
             as_of, frame = candidates[0] if fresh else max(candidates, key=lambda c: c[0])
-            key = (model.version, as_of)
+            # The row's values are part of the key: a fresh row can share its date with the
+            # stored one and still differ (another data source), and must then be scored.
+            key = (model.version, as_of, frame.to_numpy().tobytes())
             if key not in self._p_cache:
                 self._p_cache = {k: v for k, v in self._p_cache.items() if k[0] == model.version}
                 self._p_cache[key] = float(model.p_up(frame)[0])

@@ -11,6 +11,7 @@ import time
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from sklearn.dummy import DummyClassifier
@@ -144,4 +145,36 @@ def test_answer_is_cached_per_version_and_as_of_and_marks_stale(tmp_path: Path) 
     assert rt.answer.confidence == pytest.approx(0.7)
     cached = dict(rt._p_cache)
     rt.publish()
-    assert rt._p_cache == cached and (7, date(2026, 3, 4)) in cached
+    assert rt._p_cache == cached and (7, date(2026, 3, 4)) in [k[:2] for k in cached]
+
+
+class FirstFeatureIsP:
+    """An estimator whose P(up) is the row's first feature: answers depend on the row."""
+
+    classes_ = [0, 1]
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        p = X.iloc[:, 0].to_numpy(dtype=float)
+        return np.column_stack([1 - p, p])
+
+
+def test_a_fresh_row_with_the_stored_rows_date_is_scored_not_served_from_cache(tmp_path: Path) -> None:
+    # Training and serving can read different sources (synthetic:7 vs synthetic) ending on the
+    # same day: same as_of, other numbers. The answer must be the fresh row's, not the stored one's.
+    pin = tmp_path / "pin.yaml"
+    pin.write_text("model: spy-direction\nversion: 7\n")
+    day = date(2026, 1, 2)
+    stored = pd.DataFrame([dict.fromkeys(FEATURE_COLUMNS, 0.2)])
+    fresh = pd.DataFrame([dict.fromkeys(FEATURE_COLUMNS, 0.9)])
+
+    def loader(uri: str, version: int) -> LoadedModel:
+        return LoadedModel(version, "run", FirstFeatureIsP(), {}, "now", stored, day)
+
+    rt = _runtime(pin, loader, fetch=lambda source, today: (fresh, day))  # type: ignore[arg-type]
+    _tick(rt)
+    rt.publish()
+    assert rt.answer.stale is True and rt.answer.confidence == pytest.approx(0.2)
+    assert rt.refresh_features()
+    rt.publish()
+    assert rt.answer.stale is False and rt.answer.as_of == day.isoformat()
+    assert rt.answer.confidence == pytest.approx(0.9)
