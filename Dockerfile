@@ -6,13 +6,14 @@
 FROM python:3.11.14-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY ml/ ml/
 COPY promotion/ promotion/
 COPY bentos/ bentos/
-# A regular (non-editable) install with all dependencies, in a venv we copy over.
+# A regular (non-editable) install, in a venv we copy over, with exactly the
+# dependency versions the test suite passed with (constraints.txt).
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir /src
+    && /opt/venv/bin/pip install --no-cache-dir -c constraints.txt /src
 
 FROM python:3.11.14-slim-bookworm
 # git: the trainer clones the repository and pushes promotion branches.

@@ -87,8 +87,32 @@ def test_dockerfile_pins_the_base_and_runs_as_non_root() -> None:
     assert users and users[-1].split(":")[0] not in {"0", "root"}
     # The uid the manifests run as is the image's user.
     assert users[-1].split(":")[0] == "10001"
-    # Non-editable install of the project with its dependencies.
-    assert re.search(r"pip install --no-cache-dir /src", text) and "-e " not in text
+    # Non-editable install of the project with exactly the tested dependency versions.
+    assert re.search(r"pip install --no-cache-dir -c constraints\.txt /src", text) and "-e " not in text
+    assert re.search(r"(?m)^COPY .*\bconstraints\.txt\b.* \./$", text)
+
+
+def test_constraints_lock_every_runtime_dependency_within_pyproject_bounds() -> None:
+    """constraints.txt is what the image, CI and the README install: it must pin every
+    dependency exactly and agree with pyproject's lower bounds (one source each: bounds there,
+    the tested set here)."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins: dict[str, str] = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: {line!r} is not an exact pin"
+            pins[canonicalize_name(name)] = version.strip()
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    reqs = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]]
+    for req in reqs:
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is not in constraints.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{req.name}=={pins[name]} outside {req}"
 
 
 def test_dockerignore_keeps_secrets_and_state_out_of_the_build() -> None:
