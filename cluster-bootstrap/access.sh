@@ -23,7 +23,7 @@ cat <<MSG
  MLflow    http://$WORKER_IP:$MLFLOW_NODE_PORT        (no login)
  API       $api
 
- First call (answers once a promotion PR is merged in Gitea and Argo CD has synced it):
+ First call (answers a few minutes after the first training run commits the first pin; later winners arrive as PRs):
    curl '$api'
  Status:   vagrant ssh control-plane -c 'sudo /vagrant/cluster-bootstrap/verify.sh'
  kubectl:  vagrant ssh control-plane, then kubectl ... (or KUBECONFIG=.cluster/admin.conf on the host)

@@ -143,14 +143,8 @@ kubectl -n argocd rollout status statefulset/argocd-application-controller --tim
 log "root Application (app of apps: apps/root)"
 render "$BOOTSTRAP_DIR/manifests/root-application.yaml" | kubectl apply --server-side --force-conflicts -f - >/dev/null
 
-log "first training run as soon as the training app is synced"
-for _ in $(seq 1 90); do
-  kubectl -n training get cronjob primer-train >/dev/null 2>&1 && break
-  sleep 10
-done
-if ! kubectl -n training get cronjob primer-train >/dev/null 2>&1; then
-  warn "training CronJob not synced yet; the schedule will start training (check: cluster-bootstrap/verify.sh)"
-elif [ -z "$(kubectl -n training get jobs -o name)" ]; then
-  kubectl -n training create job --from=cronjob/primer-train "primer-train-first-$(date +%s)" >/dev/null
-fi
+# No extra first Job (kubectl create job --from=cronjob): the CronJob controller does not
+# count such a Job as active, so concurrencyPolicy: Forbid would not stop the next tick
+# from starting a second trainer beside it. The */5 schedule starts training within 5 minutes.
+log "training starts at the CronJob's next 5-minute tick once Argo CD has synced apps/training"
 log "platform bootstrapped; Argo CD now reconciles apps/ from Gitea"
