@@ -24,7 +24,7 @@ from promotion.pin import Pin, PinError, default_pin_path, parse_pin, read_pin, 
 from promotion.propose import PROMOTION_BRANCH_RE
 
 EXIT_UNREACHABLE = 3
-_ROLLBACK_RE = re.compile(r"^Roll back " + re.escape(MODEL_NAME) + r" from v(\d+)")
+_ROLLBACK_RE = re.compile(r"^(Roll back |Revert \")")  # primer rollback's subject, or git revert's
 
 
 def _fail(msg: str, code: int = 1) -> None:
@@ -154,13 +154,18 @@ def promote(version: str, reason: str, push: bool) -> None:
 
 def previous_version(history: list[gitops.PinCommit], current: int | None) -> int | None:
     """The newest earlier pin that is not the current one and was not rolled back from since
-    it was pinned (``history`` is newest first; a version re-promoted after a rollback counts again)."""
+    it was pinned (``history`` is newest first; a version re-promoted after a rollback counts again).
+
+    A rollback is a ``primer rollback`` commit or a ``git revert`` of a pin commit; what it
+    rolled back from is the pin just before it in the history.
+    """
     rolled_back_later: set[int] = set()
-    for h in history:
+    for i, h in enumerate(history):
         if h.version is not None and h.version != current and h.version not in rolled_back_later:
             return h.version
-        if m := _ROLLBACK_RE.match(h.subject):
-            rolled_back_later.add(int(m.group(1)))
+        before = history[i + 1].version if i + 1 < len(history) else None
+        if _ROLLBACK_RE.match(h.subject) and before is not None:
+            rolled_back_later.add(before)
     return None
 
 
@@ -171,7 +176,8 @@ def previous_version(history: list[gitops.PinCommit], current: int | None) -> in
 def rollback(to: str | None, reason: str, push: bool) -> None:
     """Pin the previously pinned version (from the pin file's git history) and commit.
 
-    Versions rolled back from since they were last pinned are skipped. The version rolled
+    Versions rolled back from (by this command or `git revert`) since they were last pinned
+    are skipped. The version rolled
     back from is tagged promotion_status=rolled_back in MLflow when it is reachable.
     """
     repo, pin, rel = _repo_and_pin()

@@ -59,3 +59,12 @@ def test_a_version_re_promoted_after_a_rollback_is_a_rollback_target_again(tmp_p
     _promote(repo, 2)  # fixed and reviewed again
     _promote(repo, 3)
     assert _target(repo, 3) == 2
+
+
+def test_a_git_revert_of_a_promotion_counts_as_rolling_back_from_it(tmp_path: Path) -> None:
+    # The pin file's own comment offers `git revert` as the other way to roll back.
+    repo = _repo(tmp_path)
+    for v in (1, 2, 3):
+        _promote(repo, v)
+    git("revert", "--no-edit", "HEAD", cwd=repo)  # v3 -> v2
+    assert _target(repo, 2) == 1  # never back to the reverted v3
