@@ -4,7 +4,8 @@
 in ``ml/cli.py``; this module imports nothing from ``ml``.
 
 Exit codes: 0 ok; 1 the operation was refused or failed (the message says why);
-3 ``pin check --require-registry`` / ``registry sync`` could not reach MLflow.
+3 ``pin check --require-registry`` / ``registry sync`` / ``status --strict`` could not reach
+MLflow (or, for ``status``, the forge).
 """
 
 from __future__ import annotations
@@ -247,7 +248,7 @@ def _fmt_v(v: int | None) -> str:
 @click.command("status")
 @click.option("--service-url", metavar="URL", default=lambda: os.environ.get("PRIMER_SERVICE_URL") or None,
               help="Ask a running service which version it serves (GET <url>/model). Default PRIMER_SERVICE_URL.")
-@click.option("--strict", is_flag=True, help="Exit 1 when anything drifts from the pin.")
+@click.option("--strict", is_flag=True, help="Exit 1 when anything drifts from the pin, 3 when MLflow or the forge cannot be asked.")
 def status(service_url: str | None, strict: bool) -> None:
     """Pin (git) vs champion/challenger aliases (MLflow) vs the running service, and open promotion PRs.
 
@@ -255,6 +256,7 @@ def status(service_url: str | None, strict: bool) -> None:
     is configured (PRIMER_FORGE, PRIMER_FORGE_URL, PRIMER_FORGE_REPO, PRIMER_FORGE_TOKEN).
     """
     drift: list[str] = []
+    unchecked: list[str] = []  # what could not be compared: never reported as "in sync"
     pin_path = default_pin_path().resolve()  # absolute: `git log` below runs in the pin's folder
     try:
         pin: Pin | None = read_pin(pin_path)
@@ -279,6 +281,7 @@ def status(service_url: str | None, strict: bool) -> None:
                          "(run `primer registry sync`)")
     except registry.RegistryUnreachable as exc:
         click.echo(f"champion (MLflow):    unknown ({exc})")
+        unchecked.append(f"MLflow at {registry.public_uri(uri)} (aliases)")
 
     if service_url:
         try:
@@ -304,13 +307,18 @@ def status(service_url: str | None, strict: bool) -> None:
                 click.echo(f"  #{p.number} {p.title}  {p.url}")
     except ForgeError as exc:
         click.echo(f"open promotion PRs:   unknown ({exc})")
+        unchecked.append("the forge (open PRs)")
 
     for d in drift:
         click.echo(f"DRIFT: {d}")
-    if not drift:
+    if unchecked:
+        click.echo(f"NOT CHECKED: {', '.join(unchecked)} did not answer")
+    elif not drift:
         click.echo("in sync")
-    if drift and strict:
+    if strict and drift:
         raise SystemExit(1)
+    if strict and unchecked:
+        raise SystemExit(3)
 
 
 COMMANDS = (pin_group, promote, rollback, registry_group, status)

@@ -80,3 +80,17 @@ def test_status_names_the_pinning_commit_with_a_relative_pin_file(
     r = runner.invoke(CLI, ["status"])
     assert r.exit_code == 0, r.output
     assert f"pin (git):            v{v}   [" in r.output and f" Promote spy-direction to v{v}]" in r.output
+
+
+def test_status_never_says_in_sync_when_mlflow_cannot_be_asked(promo_env: Repos, service: dict[str, object],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from ml.servers import free_port
+
+    unreachable = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", unreachable)
+    runner = CliRunner()
+    r = runner.invoke(CLI, ["status", "--service-url", str(service["url"])])  # service: nothing pinned, none served
+    assert r.exit_code == 0, r.output
+    assert "in sync" not in r.output and f"NOT CHECKED: MLflow at {unreachable}" in r.output
+    r = runner.invoke(CLI, ["status", "--strict", "--service-url", str(service["url"])])
+    assert r.exit_code == 3, r.output
