@@ -240,8 +240,8 @@ class Runtime:
         """Re-read the pin when its content changed (a ConfigMap swaps a symlink; mtime alone is not enough)."""
         path = self.settings.pin_file
         try:
-            text: str | None = path.read_text()
-        except OSError as exc:
+            text: str | None = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:  # unreadable, or not text: reported, old model kept
             text = None
             missing = f"{path}: cannot read pin file ({_short(exc)})"
         if self._pin_seen and text == self._pin_text:

@@ -63,9 +63,11 @@ def parse_pin(text: str, source: str = "pin") -> Pin:
 def read_pin(path: str | Path) -> Pin:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise PinError(f"{path}: pin file not found") from exc
+    except UnicodeDecodeError as exc:
+        raise PinError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     return parse_pin(text, str(path))
 
 

@@ -69,6 +69,14 @@ def test_pin_check_rejects_malformed(case: str, tmp_path: Path, offline: None) -
     assert words in r.output and str(f) in r.output
 
 
+def test_pin_check_names_a_pin_that_is_not_text(tmp_path: Path, offline: None) -> None:
+    f = tmp_path / "pin.yaml"
+    f.write_bytes(b"\xff\xfemodel: spy-direction\n")
+    r = CliRunner().invoke(CLI, ["pin", "check", str(f)])
+    assert r.exit_code == 1 and f"{f}: not UTF-8 text" in r.output, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+
+
 def test_pin_check_missing_file(tmp_path: Path, offline: None) -> None:
     r = CliRunner().invoke(CLI, ["pin", "check", str(tmp_path / "nope.yaml")])
     assert r.exit_code == 1 and "pin file not found" in r.output

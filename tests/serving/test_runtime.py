@@ -126,6 +126,9 @@ def test_invalid_pin_never_replaces_a_model_and_null_keeps_serving(tmp_path: Pat
         _tick(rt)
         assert rt.model.version == 3, text
         assert "still serving version 3" in rt.status()["last_error"], text
+    pin.write_bytes(b"\xff\xfe")  # not text at all
+    _tick(rt)
+    assert rt.model.version == 3 and "cannot read pin file" in rt.status()["last_error"]
     os.remove(pin)
     _tick(rt)
     assert rt.model.version == 3 and "cannot read pin file" in rt.status()["last_error"]

@@ -309,3 +309,20 @@ def test_primer_serve_answers_the_seed_curl(registered: Registered, tmp_path: Pa
         assert r.json()["model_version"] == str(registered.first)
     finally:
         stop_process(proc)
+
+
+def test_primer_serve_names_a_busy_port(tmp_path: Path) -> None:
+    """Like `primer up`: the port and the option to change it, not BentoML's traceback."""
+    import socket
+
+    from ml.servers import free_port
+
+    port = free_port()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        r = subprocess.run([console_script("primer"), "serve", "--port", str(port)], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert f"port {port} is already in use" in r.stderr and "--port" in r.stderr
+    assert "Traceback" not in r.stderr
