@@ -4,8 +4,9 @@
 trains once if nothing is registered yet, applies the promotion policy to the
 local git repository, mirrors the pin into MLflow's ``champion`` alias and
 starts the BentoML service on the pinned version. The servers keep running in
-the background; their PIDs are recorded so ``down`` can stop them and a second
-``up`` resumes without duplicating anything.
+the background; their PIDs are recorded (with each process's start time, so a
+PID the system has since reused for another program is never taken for ours)
+so ``down`` can stop them and a second ``up`` resumes without duplicating anything.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import click
 import httpx
+import psutil
 
 from ml.data import default_source
 from ml.servers import ServerError, console_script, mlflow_server_command, mlflow_server_env, port_in_use, stop_process, wait_http
@@ -31,6 +33,14 @@ from promotion.pin import PinError, default_pin_path, read_pin, repo_root
 STATE_DIR_NAME = ".primer"
 MLFLOW_START_TIMEOUT = 90.0
 SERVING_READY_TIMEOUT = 120.0
+# A server `up` finds running must answer its ready URL this soon, or `up` says so
+# (rather than going on and hanging in the MLflow client's retries).
+RESUME_READY_TIMEOUT = 10.0
+# Start times are seconds since the epoch derived from the boot time, which the
+# kernel reports to the second and which moves when the clock is set: allow that.
+_START_TIME_TOLERANCE = 1.0
+# The option of `primer up` that sets each server's port (for error messages).
+PORT_OPTIONS = {"mlflow": "--mlflow-port", "serving": "--port"}
 
 
 @dataclass
@@ -38,6 +48,9 @@ class Process:
     pid: int
     port: int
     log: str
+    # psutil's create_time() of ``pid`` when `up` started it: tells our process from
+    # another one that got the same PID later. None in state files of older versions.
+    create_time: float | None = None
 
 
 @dataclass
@@ -51,7 +64,11 @@ class State:
         if not path.exists():
             return cls()
         raw = json.loads(path.read_text())
-        return cls(processes={k: Process(**v) for k, v in raw.get("processes", {}).items()})
+        return cls(processes={
+            k: Process(pid=int(v["pid"]), port=int(v["port"]), log=str(v.get("log", "")),
+                       create_time=v.get("create_time"))
+            for k, v in raw.get("processes", {}).items()
+        })
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,19 +77,31 @@ class State:
         tmp.replace(path)
 
 
-def _alive(pid: int) -> bool:
+def _create_time(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), None if it is gone."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def _ours(proc: Process) -> bool:
+    """Is the recorded process still running, and still the one `up` started?
+
+    A PID alone is not enough: after a reboot or a long time the system hands it to
+    another program, which ``down`` must not signal and ``up`` must not mistake for
+    a server. An entry without a start time (older state file) cannot be told apart,
+    so it is not ours either.
+    """
+    if proc.create_time is None:
         return False
-    except PermissionError:
-        return True
-    # A zombie (our own child not yet reaped) is not alive.
     try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
+        p = psutil.Process(proc.pid)
+        if p.status() == psutil.STATUS_ZOMBIE:  # exited, not yet reaped: not running
+            return False
+        return abs(p.create_time() - proc.create_time) <= _START_TIME_TOLERANCE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):  # gone, or another user's: not ours
+        return False
 
 
 def state_dir(repo: Path) -> Path:
@@ -127,19 +156,48 @@ def _stop_on_interrupt(started: list[subprocess.Popen]) -> Iterator[None]:
         raise
 
 
+def _refuse_other_ports(state: State, state_file: Path, ports: dict[str, int]) -> None:
+    """Stop before starting anything if a server of an earlier `up` still runs on another port.
+
+    Starting a second one would leave the first running but forgotten by the state
+    (``down`` could not stop it) and, for MLflow, two servers writing one database.
+    """
+    moved = [(name, proc) for name, proc in state.processes.items()
+             if name in ports and proc.port != ports[name] and _ours(proc)]
+    if not moved:
+        return
+    where = ", ".join(f"{name} on port {proc.port} (pid {proc.pid})" for name, proc in moved)
+    asked = ", ".join(f"{PORT_OPTIONS[name]} {ports[name]}" for name, _ in moved)
+    recorded = " ".join(f"{PORT_OPTIONS[name]} {proc.port}" for name, proc in moved)
+    raise click.ClickException(
+        f"an earlier `primer up` still runs {where} (recorded in {state_file}), not on the requested {asked}: "
+        f"run `primer down` first to stop {'them' if len(moved) > 1 else 'it'}, or re-run `primer up` with {recorded}"
+    )
+
+
 def _ensure_server(name: str, label: str, cmd: list[str], *, port: int, port_option: str, ready_url: str, timeout: float,
                    env: dict[str, str], repo: Path, state: State, state_file: Path,
                    started: list[subprocess.Popen]) -> None:
     """Start a background server unless the one recorded in the state still runs; wait until it is ready."""
     running = state.processes.get(name)
-    if running and _alive(running.pid) and running.port == port:
+    if running and running.port == port and _ours(running):
+        try:
+            wait_http(ready_url, RESUME_READY_TIMEOUT)
+        except ServerError as exc:
+            raise click.ClickException(
+                f"{name} is running (pid {running.pid}, port {port}) but does not answer: "
+                f"{str(exc).splitlines()[0]}; see {running.log}, or run `primer down` and `primer up` again"
+            ) from exc
         click.echo(f"      already running (pid {running.pid})")
         return
+    if running and _create_time(running.pid) is not None and not _ours(running):
+        click.echo(f"      stale state entry: pid {running.pid} is not the {name} server `primer up` started; "
+                   "starting a new one")
     _check_port(port, label, port_option)
     log = state_file.parent / "logs" / f"{name}.log"
     proc = _spawn(cmd, log, env, repo)
     started.append(proc)
-    state.processes[name] = Process(pid=proc.pid, port=port, log=str(log))
+    state.processes[name] = Process(pid=proc.pid, port=port, log=str(log), create_time=_create_time(proc.pid))
     state.save(state_file)
     try:
         wait_http(ready_url, timeout, proc, log)
@@ -168,6 +226,7 @@ def up(*, offline: bool, source: str | None, mlflow_port: int, port: int, retrai
     started: list[subprocess.Popen] = []
     total = 5
     t0 = time.monotonic()
+    _refuse_other_ports(state, state_file, {"mlflow": mlflow_port, "serving": port})
 
     with _stop_on_interrupt(started):
         # 1. MLflow
@@ -252,15 +311,22 @@ def down() -> None:
         click.echo("nothing to stop: no servers recorded in " + str(state_file))
         return
     for name in ("serving", "mlflow"):
-        proc = state.processes.pop(name, None)
+        proc = state.processes.get(name)
         if proc is None:
             continue
-        if _alive(proc.pid):
+        if _ours(proc):
             stop_process(proc.pid)
             click.echo(f"stopped {name} (pid {proc.pid}, port {proc.port})")
+        elif _create_time(proc.pid) is not None:
+            # The PID runs, but not the process `up` started (reused PID, or an entry
+            # without a start time): signalling it could stop an unrelated program.
+            click.echo(f"skipped stale {name} entry: pid {proc.pid} is not the server `primer up` started "
+                       "(reused pid, or a state file without start times); not signalled")
         else:
             click.echo(f"{name} was not running (pid {proc.pid})")
-    state.save(state_file)
+        # Gone from the state once handled, so a failure on the next one does not repeat this one.
+        del state.processes[name]
+        state.save(state_file)
     click.echo(f"state kept in {state_file.parent}; `primer up` resumes from it")
 
 
