@@ -206,6 +206,13 @@ def _ensure_server(name: str, label: str, cmd: list[str], *, port: int, port_opt
     click.echo(f"      ready (pid {proc.pid}, log {log})")
 
 
+def _pinned_version() -> int | None:
+    try:
+        return read_pin(default_pin_path()).version
+    except PinError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 def up(*, offline: bool, source: str | None, mlflow_port: int, port: int, retrain: bool) -> None:
     repo = repo_root()
     sdir = state_dir(repo)
@@ -239,26 +246,27 @@ def up(*, offline: bool, source: str | None, mlflow_port: int, port: int, retrai
             state_file=state_file, started=started,
         )
 
-        # 2. Train once (skipped when a model is already registered: resume, don't duplicate)
+        # 2. Train once (skipped when a model is registered and pinned: resume, don't duplicate;
+        #    registered but nothing pinned, e.g. Ctrl-C after registering: train so the policy can pin)
         have = _registered_versions(tracking_uri)
-        if have and not retrain:
-            _step(2, total, f"training skipped: {have} version(s) of {MODEL_NAME} already registered (--retrain to train again)")
+        pinned = _pinned_version()
+        if have and pinned is not None and not retrain:
+            _step(2, total, f"training skipped: {have} version(s) of {MODEL_NAME} already registered, "
+                            f"v{pinned} pinned (--retrain to train again)")
         else:
-            _step(2, total, f"training ({env.get('PRIMER_DATA_SOURCE') or default_source()} data)")
+            why = f"; {have} version(s) registered but none pinned" if have and pinned is None and not retrain else ""
+            _step(2, total, f"training ({env.get('PRIMER_DATA_SOURCE') or default_source()} data{why})")
             _run_cli(["train"], env, repo)
 
         # 3. The pin (git) and 4. the champion alias (MLflow mirrors git)
-        try:
-            pin = read_pin(default_pin_path())
-        except PinError as exc:
-            raise click.ClickException(str(exc)) from exc
-        if pin.version is None:
+        pinned = _pinned_version()
+        if pinned is None:
             raise click.ClickException(
                 "nothing is pinned after training: the [promote] line of `primer train` above says why "
                 "(with `bootstrap: propose` in promotion/policy.yaml the first model becomes a branch: "
                 "git merge promote/... and run `primer up` again)"
             )
-        _step(3, total, f"pinned in git: {pin.model} v{pin.version}")
+        _step(3, total, f"pinned in git: {MODEL_NAME} v{pinned}")
         _step(4, total, "mirroring the pin into MLflow (alias champion)")
         _run_cli(["registry", "sync"], env, repo)
 

@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 
 from ml.servers import console_script, free_port, port_in_use
 from promotion.names import CHAMPION_ALIAS, MODEL_NAME, PIN_PATH, promotion_branch
-from promotion.pin import read_pin
+from promotion.pin import read_pin, write_pin
 from tests.repo_copy import copy_repo
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -131,6 +131,19 @@ def test_primer_up_promote_rollback_down(loop_repo: tuple[Path, dict[str, str]])
         assert done.returncode == 0, done.stdout + done.stderr
         assert len(client.search_model_versions(f"name='{MODEL_NAME}'")) == len(versions)
         assert _served_version(api) == "1"
+
+        # 7. registered but nothing pinned (as after a Ctrl-C between register and pin):
+        #    up trains again so the policy can pin, instead of stopping at "nothing is pinned".
+        done = _primer(repo, env, "down")
+        assert done.returncode == 0, done.stdout + done.stderr
+        write_pin(repo / PIN_PATH, None)
+        subprocess.run(["git", "commit", "-q", "-m", "unpin", "--", PIN_PATH], cwd=repo, check=True)
+        done = _primer(repo, env, *up_args)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "registered but none pinned" in done.stdout + done.stderr
+        repinned = read_pin(repo / PIN_PATH).version
+        assert repinned == len(versions) + 1
+        assert _served_version(api) == str(repinned)
     finally:
         _primer(repo, env, "down", timeout=60)
     assert not port_in_use(api_port) and not port_in_use(mlflow_port)
