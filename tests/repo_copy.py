@@ -6,9 +6,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from promotion.names import PIN_PATH
+from promotion.pin import write_pin
+
 
 def copy_repo(src: Path, dest: Path) -> Path:
-    """Copy the files of ``src`` (tracked + untracked, not ignored) into a new repo at ``dest``."""
+    """Copy the files of ``src`` (tracked + untracked, not ignored) into a new repo at ``dest``,
+    with nothing pinned, like a fresh clone: the user's own `primer up` may have pinned ``src``."""
     files = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=src, capture_output=True, check=True
     ).stdout.decode().split("\0")
@@ -17,6 +21,7 @@ def copy_repo(src: Path, dest: Path) -> Path:
         if path.is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, dest / rel)
+    write_pin(dest / PIN_PATH, None)
     subprocess.run(["git", "init", "-q", "-b", "main"], cwd=dest, check=True)
     subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
     subprocess.run(["git", "commit", "-qm", "initial"], cwd=dest, check=True)
