@@ -234,6 +234,12 @@ def up(*, offline: bool, source: str | None, mlflow_port: int, port: int, retrai
     total = 5
     t0 = time.monotonic()
     _refuse_other_ports(state, state_file, {"mlflow": mlflow_port, "serving": port})
+    # Both ports before any step: a busy API port found only after training would leave
+    # a registered (and maybe pinned) version behind a failed command.
+    for name, label, p in (("mlflow", "MLflow", mlflow_port), ("serving", "the API", port)):
+        running = state.processes.get(name)
+        if not (running and running.port == p and _ours(running)):
+            _check_port(p, label, PORT_OPTIONS[name])
 
     with _stop_on_interrupt(started):
         # 1. MLflow

@@ -162,15 +162,21 @@ def _promotion_branches(repo: Path) -> list[str]:
     return sorted(out, key=lambda b: int(b.rsplit("-v", 1)[1]))
 
 
-def test_primer_up_names_a_busy_port(loop_repo: tuple[Path, dict[str, str]]) -> None:
+@pytest.mark.parametrize("busy_option", ["--mlflow-port", "--port"])
+def test_primer_up_names_a_busy_port_before_doing_anything(busy_option: str,
+                                                           loop_repo: tuple[Path, dict[str, str]]) -> None:
     repo, env = loop_repo
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        done = _primer(repo, env, "up", "--offline", "--mlflow-port", str(port), "--port", str(free_port()), timeout=60)
+        ports = {"--mlflow-port": str(free_port()), "--port": str(free_port()), busy_option: str(port)}
+        done = _primer(repo, env, "up", "--offline", *[x for kv in ports.items() for x in kv], timeout=60)
     assert done.returncode != 0
-    assert str(port) in done.stderr and "--mlflow-port" in done.stderr
+    assert f"port {port}" in done.stderr and busy_option in done.stderr
+    # Nothing started, trained or pinned: fix the port and run `up` again.
+    assert "[1/5]" not in done.stdout and not (repo / ".primer" / "mlflow.db").exists()
+    assert read_pin(repo / PIN_PATH).version is None
 
 
 def test_ctrl_c_during_up_stops_what_it_started(loop_repo: tuple[Path, dict[str, str]]) -> None:
