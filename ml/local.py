@@ -349,12 +349,13 @@ def down() -> None:
 @click.option("--source", help="Data source: yfinance, csv:PATH or synthetic[:SEED] (default: PRIMER_DATA_SOURCE).")
 @click.option("--mlflow-port", type=int, default=MLFLOW_PORT, show_default=True, help="Port of the local MLflow server.")
 @click.option("--port", type=int, default=SERVING_PORT, show_default=True, help="Port of the BentoML service.")
-@click.option("--retrain", is_flag=True, help="Train again even when a model is already registered.")
+@click.option("--retrain", is_flag=True, help="Train again even when a model is already registered and pinned.")
 def up_command(offline: bool, source: str | None, mlflow_port: int, port: int, retrain: bool) -> None:
     """Run the whole loop on this machine: MLflow, one training run, the pin, the API.
 
-    Servers keep running in the background (logs and state in .primer/);
-    `primer down` stops them and `primer up` again resumes.
+    Servers keep running in the background (logs and state in .primer/, or
+    PRIMER_STATE_DIR); `primer down` stops them and `primer up` again resumes.
+    Training is skipped when a version is registered and pinned (--retrain forces it).
     """
     try:
         up(offline=offline, source=source, mlflow_port=mlflow_port, port=port, retrain=retrain)
@@ -367,5 +368,5 @@ def up_command(offline: bool, source: str | None, mlflow_port: int, port: int, r
 
 @click.command("down")
 def down_command() -> None:
-    """Stop the servers `primer up` started (state in .primer/ is kept)."""
+    """Stop the servers `primer up` started (state in .primer/, or PRIMER_STATE_DIR, is kept)."""
     down()
