@@ -44,7 +44,7 @@ class Forge(Protocol):
     kind: str
 
     def list_open_prs(self) -> list[PullRequest]: ...
-    def create_pr(self, title: str, body: str, head: str, base: str) -> PullRequest: ...
+    def create_pr(self, title: str, body: str, head: str, base: str) -> tuple[PullRequest, bool]: ...
     def close_pr(self, number: int) -> None: ...
     def comment(self, number: int, body: str) -> None: ...
 
@@ -57,7 +57,7 @@ class NoForge:
     def list_open_prs(self) -> list[PullRequest]:
         return []
 
-    def create_pr(self, title: str, body: str, head: str, base: str) -> PullRequest:  # pragma: no cover
+    def create_pr(self, title: str, body: str, head: str, base: str) -> tuple[PullRequest, bool]:  # pragma: no cover
         raise ForgeError("no forge configured (PRIMER_FORGE=none): cannot open a pull request")
 
     def close_pr(self, number: int) -> None:  # pragma: no cover
@@ -136,16 +136,17 @@ class HttpForge:
         raise ForgeError(f"{self.kind}: more than {MAX_PAGES * PAGE_SIZE} open pull requests in {self.repo}; "
                          "close some before proposing again")
 
-    def create_pr(self, title: str, body: str, head: str, base: str) -> PullRequest:
-        """Open a PR; if one is already open for ``head`` (a concurrent run), return that one."""
+    def create_pr(self, title: str, body: str, head: str, base: str) -> tuple[PullRequest, bool]:
+        """Open a PR: ``(pr, True)``; if one is already open for ``head`` (a concurrent run got
+        there first), ``(that pr, False)``."""
         try:
             return self._pr(self._request("POST", "/pulls", json={"title": title, "body": body,
-                                                                  "head": head, "base": base}))
+                                                                  "head": head, "base": base})), True
         except ForgeError as exc:
             if exc.status in (409, 422):
                 existing = [p for p in self.list_open_prs() if p.head == head]
                 if existing:
-                    return existing[0]
+                    return existing[0], False
             raise
 
     def close_pr(self, number: int) -> None:

@@ -236,8 +236,7 @@ def _open_pr(forge: Forge, title: str, body: str, branch: str, base: str) -> tup
     for pr in forge.list_open_prs():
         if pr.head == branch or pr.title == title:
             return pr, False
-    created = forge.create_pr(title, body, branch, base)  # returns the racing run's PR on 409/422
-    return created, True
+    return forge.create_pr(title, body, branch, base)  # (the racing run's PR, False) on 409/422
 
 
 def _supersede(c: Any, forge: Forge, version: int, pr_url: str | None, pinned: int | None) -> list[int]:

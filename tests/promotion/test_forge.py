@@ -19,7 +19,8 @@ def client(f: FakeForge, token: str | None = None) -> HttpForge:
 def test_endpoints_methods_paths_headers_bodies(fake_forge: FakeForge) -> None:
     f = fake_forge
     fc = client(f)
-    pr = fc.create_pr("Promote spy-direction to v2", "evidence", "promote/spy-direction-v2", "main")
+    pr, created = fc.create_pr("Promote spy-direction to v2", "evidence", "promote/spy-direction-v2", "main")
+    assert created
     assert pr.number == 1 and pr.head == "promote/spy-direction-v2" and pr.url.endswith("/1")
     assert [p.number for p in fc.list_open_prs()] == [1]
     fc.comment(1, "Superseded")
@@ -60,9 +61,9 @@ def test_listing_reads_every_page_even_when_the_forge_caps_the_page_size(fake_fo
 def test_existing_pr_answer_returns_the_open_pr(fake_forge: FakeForge) -> None:
     """Gitea answers 409, GitHub 422 when a PR for the branch is already open."""
     fc = client(fake_forge)
-    first = fc.create_pr("t", "b", "promote/spy-direction-v3", "main")
-    again = fc.create_pr("t", "b", "promote/spy-direction-v3", "main")
-    assert again == first
+    first, created_first = fc.create_pr("t", "b", "promote/spy-direction-v3", "main")
+    again, created_again = fc.create_pr("t", "b", "promote/spy-direction-v3", "main")
+    assert again == first and created_first and not created_again
     statuses = [r.method for r in fake_forge.requests]
     assert statuses == ["POST", "POST", "GET", "GET"]
     assert len(fake_forge.prs) == 1

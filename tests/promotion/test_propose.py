@@ -103,6 +103,7 @@ def test_pr_already_exists_answer_is_reused(promo_env: Repos, promo_mlflow: Regi
     fake_forge.stale_lists = 1
     second = propose_from_evaluation(e)
     assert second.pr_url == first.pr_url and len(fake_forge.prs) == 1
+    assert (first.status, second.status) == ("proposed", "reused")
     creates = [r for r in fake_forge.requests if r.method == "POST" and r.path.endswith("/pulls")]
     assert len(creates) == 2  # the second create got 409/422 and was resolved by listing
 
