@@ -7,7 +7,9 @@ port on 127.0.0.1 and tears it down at the end of the session.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +27,12 @@ os.environ.setdefault("GIT_AUTHOR_NAME", "primer-tests")
 os.environ.setdefault("GIT_AUTHOR_EMAIL", "tests@primer.invalid")
 os.environ.setdefault("GIT_COMMITTER_NAME", "primer-tests")
 os.environ.setdefault("GIT_COMMITTER_EMAIL", "tests@primer.invalid")
+# ...and nothing else from it: a global commit.gpgsign, core.hooksPath or merge.ff would
+# change what git does in the tests (the identity above is all they need).
+_GIT_CONFIG_DIR = tempfile.mkdtemp(prefix="primer-tests-gitconfig-")
+(Path(_GIT_CONFIG_DIR) / "gitconfig").write_text("[safe]\n\tdirectory = *\n")  # clones owned by others
+os.environ["GIT_CONFIG_GLOBAL"] = str(Path(_GIT_CONFIG_DIR) / "gitconfig")
+os.environ["GIT_CONFIG_NOSYSTEM"] = "1"
 # Keep MLflow quiet and offline.
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -49,11 +57,23 @@ _FINGERPRINT_AT_START = _checkout_fingerprint()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the run if any test changed this checkout's pin or committed to it."""
+    """Fail the run if any test changed this checkout's pin or committed to it; remove the scratch folders."""
+    for scratch in (os.environ["PRIMER_REPO_DIR"], _GIT_CONFIG_DIR):
+        shutil.rmtree(scratch, ignore_errors=True)
     pin, author = _checkout_fingerprint()
     if pin != _FINGERPRINT_AT_START[0] or (author == os.environ["GIT_AUTHOR_NAME"] != _FINGERPRINT_AT_START[1]):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         print("\nERROR: a test changed this checkout (promotion/model-version.yaml or a commit by the tests)")
+
+
+@pytest.fixture(autouse=True)
+def _no_mlflow_tracking_uri_leaks() -> Iterator[None]:
+    """mlflow.set_tracking_uri sets a process global and MLFLOW_TRACKING_URI: neither may
+    outlive the test that set it (the next test would talk to another test's server)."""
+    yield
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(None)  # None: back to unset, env var removed
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 @dataclass

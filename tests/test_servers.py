@@ -1,6 +1,5 @@
 """The test infrastructure itself: both MLflow backends answer and keep data."""
 
-import mlflow
 from mlflow import MlflowClient
 
 
@@ -9,7 +8,6 @@ def test_mlflow_backends_store_and_return_a_registered_model(any_mlflow_server):
     name = f"smoke-{any_mlflow_server.backend}"
     client.create_registered_model(name)
     assert client.get_registered_model(name).name == name
-    mlflow.set_tracking_uri(any_mlflow_server.uri)
 
 
 def test_free_ports_are_distinct_bindable_and_outside_the_ephemeral_range():

@@ -54,6 +54,9 @@ def loop_repo(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     env = dict(os.environ)
     for var in [v for v in env if v.startswith("PRIMER_") or v == "MLFLOW_TRACKING_URI"]:
         del env[var]
+    # BentoML empties ~/bentoml/prometheus_multiproc_dir when it starts: not the developer's.
+    env["HOME"] = str(tmp_path / "home")
+    env["BENTOML_HOME"] = str(tmp_path / "home" / "bentoml")
     return repo, env
 
 
@@ -195,10 +198,11 @@ def test_ctrl_c_during_up_stops_what_it_started(loop_repo: tuple[Path, dict[str,
             time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, out + err
+        assert "interrupted" in err
+        assert not port_in_use(mlflow_port)  # the MLflow server this run started is gone
+        assert state.exists() and (repo / ".primer" / "mlflow.db").exists()  # state kept for the next `primer up`
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, out + err
-    assert "interrupted" in err
-    assert not port_in_use(mlflow_port)  # the MLflow server this run started is gone
-    assert state.exists() and (repo / ".primer" / "mlflow.db").exists()  # state kept for the next `primer up`
+        _primer(repo, env, "down", timeout=60)  # servers a failed assertion above would leave running
