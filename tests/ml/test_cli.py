@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import date
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 from ml.servers import free_port
-from promotion.evidence import Evaluation
 from promotion.names import MODEL_NAME
 
 ARGS = ("--source", "synthetic:7", "--anchor", "2024-06-28", "--train-years", "1")
@@ -94,31 +92,41 @@ def test_bad_replay_settings_are_named(trainer_factory, mlflow_server):
     assert result.exit_code == 1 and "PRIMER_REPLAY_EPOCH" in result.output
 
 
-def test_proposal_error_fails_the_run_but_keeps_the_version(
-    monkeypatch: pytest.MonkeyPatch, trainer_factory, mlflow_server, fast_grid: Path
-):
-    from promotion import propose
+def _rejecting_remote(tmp_path: Path) -> Path:
+    """A bare git remote with the pin on main whose pre-receive hook refuses every push."""
+    import subprocess
 
-    handed: list[Evaluation] = []
+    from promotion.names import PIN_PATH
+    from promotion.pin import write_pin
 
-    def refuse(evaluation: Evaluation):
-        handed.append(evaluation)
-        raise propose.ProposalError("push to origin rejected")
+    work, remote = tmp_path / "seed", tmp_path / "remote.git"
+    (work / PIN_PATH).parent.mkdir(parents=True)
+    write_pin(work / PIN_PATH, None)
+    for cmd in (["git", "init", "-q", "-b", "main", str(work)], ["git", "-C", str(work), "add", "-A"],
+                ["git", "-C", str(work), "commit", "-q", "-m", "nothing pinned"],
+                ["git", "clone", "-q", "--bare", str(work), str(remote)]):
+        subprocess.run(cmd, check=True, capture_output=True)
+    hook = remote / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\necho 'branch protection: pushes to main need review' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    return remote
 
-    # The promotion step has its own tests; here only its failure contract matters.
-    monkeypatch.setattr(propose, "propose_from_evaluation", refuse)
+
+def test_proposal_error_fails_the_run_but_keeps_the_version(trainer_factory, mlflow_server, fast_grid: Path,
+                                                            tmp_path: Path):
+    """The real promotion step, against a remote that refuses the push."""
+    remote = _rejecting_remote(tmp_path)
     before = _versions(mlflow_server.uri)
-    result = trainer_factory(mlflow_server.uri)(*ARGS, "--candidates", str(fast_grid))
+    result = trainer_factory(mlflow_server.uri)(*ARGS, "--candidates", str(fast_grid),
+                                                env={"PRIMER_GIT_REMOTE": str(remote), "PRIMER_FORGE": "none"})
     assert result.exit_code == 1, result.output
-    assert "promotion failed: push to origin rejected" in result.output
+    assert "promotion failed:" in result.output and "branch protection: pushes to main need review" in result.output
     assert _versions(mlflow_server.uri) == before + 1
-    assert len(handed) == 1
-    ev = handed[0]
-    assert f"[register] {MODEL_NAME} v{ev.challenger_version} " in result.output
-    assert ev.eval_days == 60 and ev.eval_end < date(2024, 6, 28)
-    assert set(ev.baselines) == {"always_up", "train_majority", "yesterday_direction"}
-    assert ev.champion_version is None and ev.champion is None
-    assert f"v{ev.challenger_version} stays registered" in result.output
+    version = MlflowClient(tracking_uri=mlflow_server.uri).get_model_version_by_alias(MODEL_NAME, "challenger")
+    assert f"[register] {MODEL_NAME} v{version.version} " in result.output
+    assert f"v{version.version} stays registered" in result.output
+    assert version.tags["promotion_status"] == "proposal_failed"  # the next run retries it
+    assert "Traceback" not in result.output
 
 
 def test_unloadable_champion_is_reported_not_fatal(trainer_factory, mlflow_server, fast_grid: Path):
