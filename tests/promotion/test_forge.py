@@ -86,10 +86,20 @@ def test_5xx_is_retried_then_reported(gitea: FakeForge) -> None:
 
 
 def test_forge_down_is_retried_then_reported() -> None:
-    url = f"http://127.0.0.1:{free_port()}"
-    fc = forge_from_env({"PRIMER_FORGE": "gitea", "PRIMER_FORGE_URL": url, "PRIMER_FORGE_REPO": "o/r"})
+    import httpx
+
+    attempts: list[str] = []
+
+    class Counting(httpx.HTTPTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            attempts.append(str(request.url))
+            return super().handle_request(request)
+
+    url = f"http://127.0.0.1:{free_port()}/api/v1"  # nothing listens there
+    fc = HttpForge("gitea", url, "o/r", None, transport=Counting())
     with pytest.raises(ForgeError, match="unreachable: ConnectError"):
         fc.list_open_prs()
+    assert len(attempts) == 3  # connection errors are retried, then reported
 
 
 def test_configuration() -> None:
