@@ -67,6 +67,11 @@ def test_primer_up_promote_rollback_down(loop_repo: tuple[Path, dict[str, str]])
     tracking = f"http://127.0.0.1:{mlflow_port}"
     env["MLFLOW_TRACKING_URI"] = tracking
     up_args = ("up", "--offline", "--mlflow-port", str(mlflow_port), "--port", str(api_port))
+    # A replay clock that stands still: every run sees data up to the same day, so the gate
+    # decides the same way whatever the date of the CI run (with today's data the seed
+    # that clears the gate changes from day to day).
+    env.update({"PRIMER_MODE": "replay", "PRIMER_REPLAY_START": "2025-06-02",
+                "PRIMER_REPLAY_EPOCH": "2026-01-01T00:00:00Z", "PRIMER_REPLAY_INTERVAL_SECONDS": "1e12"})
     try:
         # 1. up: MLflow, one training run, the first pin committed, the API ready.
         done = _primer(repo, env, *up_args)
@@ -85,27 +90,16 @@ def test_primer_up_promote_rollback_down(loop_repo: tuple[Path, dict[str, str]])
         assert client.get_model_version_by_alias(MODEL_NAME, CHAMPION_ALIAS).version == "1"
         serving_pid = _serving_pid(repo)
 
-        # 2. train again on other data until the gate proposes a branch; the gate
-        #    decides on noise-level differences, so after a few tries fall back to
-        #    proposing by hand with the CLI (a branch + `primer promote`).
-        branch = None
-        for seed in (7, 11, 23):
-            done = _primer(repo, env, "train", "--source", f"synthetic:{seed}")
-            assert done.returncode == 0, done.stdout + done.stderr
-            proposed = _promotion_branches(repo)
-            if proposed:
-                branch = proposed[-1]
-                break
+        # 2. train again on other data: on this window the seed-7 challenger beats v1 by
+        #    more than the policy's min_improvement and beats the baselines, so the gate
+        #    proposes branch promote/spy-direction-v2 (no forge locally: a branch only).
+        done = _primer(repo, env, "train", "--source", "synthetic:7")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"v2 proposed on branch {promotion_branch(2)}" in done.stdout, done.stdout
+        assert _promotion_branches(repo) == [promotion_branch(2)]
+        branch, new_version = promotion_branch(2), 2
         versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{MODEL_NAME}'"))
-        assert len(versions) >= 2  # every run registers, whether or not it is proposed
-        if branch is None:
-            branch = promotion_branch(versions[-1])
-            subprocess.run(["git", "switch", "-q", "-c", branch], cwd=repo, check=True)
-            done = _primer(repo, env, "promote", str(versions[-1]), "--reason", "e2e: exercise the merge path")
-            assert done.returncode == 0, done.stdout + done.stderr
-            subprocess.run(["git", "switch", "-q", "main"], cwd=repo, check=True)
-        new_version = int(branch.rsplit("-v", 1)[1])
-        assert new_version > 1
+        assert versions == [1, 2]
 
         # 3. merge = promote: the running service swaps to v2 without a restart.
         subprocess.run(["git", "merge", "--no-edit", "-q", branch], cwd=repo, check=True)
