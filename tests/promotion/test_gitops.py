@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from promotion.gitops import GitError, local_path, remote_branch_sha
+from tests.promotion.git_http import GitHttpServer
 
 
 @pytest.fixture
@@ -87,3 +88,48 @@ def test_push_to_a_named_remote_sends_the_token(http_git: tuple[str, list[dict[s
     assert "tok-named-remote" not in str(err.value)
     expected = "Basic " + base64.b64encode(b"x-access-token:tok-named-remote").decode()
     assert seen and all(h.get("Authorization") == expected for h in seen)
+
+
+@pytest.fixture
+def git_host(tmp_path: Path) -> Iterator[tuple[GitHttpServer, str]]:
+    """A bare repository (the pin on main) served by real `git http-backend` behind token auth."""
+    from promotion.gitops import git
+    from promotion.names import PIN_PATH
+    from promotion.pin import write_pin
+
+    seed, root = tmp_path / "seed", tmp_path / "srv"
+    (seed / PIN_PATH).parent.mkdir(parents=True)
+    write_pin(seed / PIN_PATH, 1)
+    git("init", "-q", "-b", "main", str(seed))
+    git("add", "-A", cwd=seed)
+    git("commit", "-q", "-m", "Promote spy-direction to v1", cwd=seed)
+    root.mkdir()
+    git("clone", "-q", "--bare", str(seed), str(root / "repo.git"))
+    server = GitHttpServer(root, token="tok-push-1234")
+    try:
+        yield server, server.url("repo.git")
+    finally:
+        server.stop()
+
+
+def test_a_promotion_branch_is_pushed_over_http_with_the_token_and_refused_without(
+        git_host: tuple[GitHttpServer, str], tmp_path: Path) -> None:
+    """The CronJob's path to Gitea: clone, branch, commit, push over HTTP, authenticated by the token only."""
+    from promotion.gitops import git, push_pin_branch
+
+    server, url = git_host
+    with pytest.raises(GitError) as err:
+        push_pin_branch(url, "main", "promote/spy-direction-v2", 2, "Promote spy-direction to v2", token=None)
+    assert server.refused and "tok-push-1234" not in str(err.value)
+
+    res = push_pin_branch(url, "main", "promote/spy-direction-v2", 2, "Promote spy-direction to v2",
+                          token="tok-push-1234")
+    assert res.created and res.base_version == 1
+    bare = server.root / "repo.git"
+    assert git("rev-parse", "refs/heads/promote/spy-direction-v2", cwd=bare).stdout.strip() == res.commit
+    changed = git("diff", "--name-only", "main", "promote/spy-direction-v2", cwd=bare).stdout.split()
+    assert changed == ["promotion/model-version.yaml"]
+    # Pushing again is a reuse, not a second branch or commit.
+    again = push_pin_branch(url, "main", "promote/spy-direction-v2", 2, "Promote spy-direction to v2",
+                            token="tok-push-1234")
+    assert not again.created and again.commit == res.commit
