@@ -326,3 +326,34 @@ def test_primer_serve_names_a_busy_port(tmp_path: Path) -> None:
     assert r.returncode == 1, r.stderr
     assert f"port {port} is already in use" in r.stderr and "--port" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_primer_status_reports_drift_against_the_real_service(registered: Registered, tmp_path: Path) -> None:
+    """`primer status` compares git's pin with what a running service reports on GET /model."""
+    import os
+
+    svc = start_service(tmp_path / "svc", registered.uri, registered.first)
+    try:
+        svc.wait_model(lambda m: m["model_version"] == str(registered.first), what="the first version loaded")
+        git_pin = tmp_path / "git" / "model-version.yaml"  # what the repository pins (ahead of the service)
+        git_pin.parent.mkdir()
+        write_pin(git_pin, registered.second)
+        env = {**os.environ, "MLFLOW_TRACKING_URI": registered.uri, "PRIMER_PIN_FILE": str(git_pin)}
+
+        def primer(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run([console_script("primer"), *args], cwd=tmp_path, env=env,
+                                  capture_output=True, text=True, timeout=120)
+
+        assert primer("registry", "sync").returncode == 0  # the champion alias follows git: no alias drift
+        status = primer("status", "--service-url", svc.url, "--strict")
+        assert status.returncode == 1, status.stdout + status.stderr
+        assert (f"DRIFT: service at {svc.url} serves v{registered.first} but git pins v{registered.second}"
+                in status.stdout), status.stdout
+
+        write_pin(svc.pin, registered.second)  # the rollout reaches the service
+        svc.wait_model(lambda m: m["model_version"] == str(registered.second), what="the swap")
+        status = primer("status", "--service-url", svc.url, "--strict")
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert f"service:              v{registered.second}" in status.stdout and "in sync" in status.stdout
+    finally:
+        stop_process(svc.proc)
