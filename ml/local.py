@@ -26,7 +26,10 @@ import httpx
 import psutil
 
 from ml.data import default_source
-from ml.servers import ServerError, console_script, mlflow_server_command, mlflow_server_env, port_in_use, stop_process, wait_http
+from ml.servers import (
+    PortInUse, ServerError, console_script, mlflow_server_command, mlflow_server_env, require_free_port, stop_process,
+    wait_http,
+)
 from promotion.names import MLFLOW_PORT, MODEL_NAME, SERVING_PORT
 from promotion.pin import PinError, default_pin_path, read_pin, repo_root
 
@@ -120,12 +123,17 @@ def _spawn(cmd: list[str], log: Path, env: dict[str, str], cwd: Path) -> subproc
                                 start_new_session=True)
 
 
-def _check_port(port: int, what: str, option: str) -> None:
-    if port_in_use(port):
-        raise click.ClickException(
-            f"port {port} ({what}) is already in use by another program; "
-            f"stop it or choose another port with {option} (e.g. {option} {port + 1})"
-        )
+def _check_port(port: int, name: str, label: str) -> None:
+    try:
+        require_free_port(port, PORT_OPTIONS[name], label)
+    except PortInUse as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _ours_on(state: State, name: str, port: int) -> Process | None:
+    """The recorded ``name`` server when it is ours and listens on ``port`` (resume it), else None."""
+    running = state.processes.get(name)
+    return running if running and running.port == port and _ours(running) else None
 
 
 def _registered_versions(tracking_uri: str) -> int:
@@ -175,12 +183,11 @@ def _refuse_other_ports(state: State, state_file: Path, ports: dict[str, int]) -
     )
 
 
-def _ensure_server(name: str, label: str, cmd: list[str], *, port: int, port_option: str, ready_url: str, timeout: float,
+def _ensure_server(name: str, label: str, cmd: list[str], *, port: int, ready_url: str, timeout: float,
                    env: dict[str, str], repo: Path, state: State, state_file: Path,
                    started: list[subprocess.Popen]) -> None:
     """Start a background server unless the one recorded in the state still runs; wait until it is ready."""
-    running = state.processes.get(name)
-    if running and running.port == port and _ours(running):
+    if running := _ours_on(state, name, port):
         try:
             wait_http(ready_url, RESUME_READY_TIMEOUT)
         except ServerError as exc:
@@ -190,10 +197,11 @@ def _ensure_server(name: str, label: str, cmd: list[str], *, port: int, port_opt
             ) from exc
         click.echo(f"      already running (pid {running.pid})")
         return
+    running = state.processes.get(name)
     if running and _create_time(running.pid) is not None and not _ours(running):
         click.echo(f"      stale state entry: pid {running.pid} is not the {name} server `primer up` started; "
                    "starting a new one")
-    _check_port(port, label, port_option)
+    _check_port(port, name, label)
     log = state_file.parent / "logs" / f"{name}.log"
     proc = _spawn(cmd, log, env, repo)
     started.append(proc)
@@ -237,9 +245,8 @@ def up(*, offline: bool, source: str | None, mlflow_port: int, port: int, retrai
     # Both ports before any step: a busy API port found only after training would leave
     # a registered (and maybe pinned) version behind a failed command.
     for name, label, p in (("mlflow", "MLflow", mlflow_port), ("serving", "the API", port)):
-        running = state.processes.get(name)
-        if not (running and running.port == p and _ours(running)):
-            _check_port(p, label, PORT_OPTIONS[name])
+        if not _ours_on(state, name, p):
+            _check_port(p, name, label)
 
     with _stop_on_interrupt(started):
         # 1. MLflow
@@ -247,7 +254,7 @@ def up(*, offline: bool, source: str | None, mlflow_port: int, port: int, retrai
         (sdir / "mlartifacts").mkdir(parents=True, exist_ok=True)
         _ensure_server(
             "mlflow", "MLflow", mlflow_server_command(f"sqlite:///{sdir / 'mlflow.db'}", sdir / "mlartifacts", mlflow_port),
-            port=mlflow_port, port_option="--mlflow-port", ready_url=f"{tracking_uri}/health",
+            port=mlflow_port, ready_url=f"{tracking_uri}/health",
             timeout=MLFLOW_START_TIMEOUT, env=mlflow_server_env(env), repo=repo, state=state,
             state_file=state_file, started=started,
         )
@@ -280,7 +287,7 @@ def up(*, offline: bool, source: str | None, mlflow_port: int, port: int, retrai
         _step(5, total, f"BentoML service on http://127.0.0.1:{port}")
         _ensure_server(
             "serving", "the API", [console_script("primer"), "serve", "--port", str(port)],
-            port=port, port_option="--port", ready_url=f"http://127.0.0.1:{port}/readyz",
+            port=port, ready_url=f"http://127.0.0.1:{port}/readyz",
             timeout=SERVING_READY_TIMEOUT, env=env, repo=repo, state=state, state_file=state_file, started=started,
         )
 

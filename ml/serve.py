@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from ml.servers import console_script, port_in_use
+from ml.servers import PortInUse, console_script, require_free_port
 from promotion.names import SERVING_PORT
 from promotion.pin import default_pin_path, repo_root
 from promotion.registry import public_uri
@@ -59,9 +59,10 @@ def serve(host: str, port: int) -> None:
     (yfinance | csv:PATH | synthetic), PRIMER_PIN_POLL_SECONDS (2),
     PRIMER_FEATURE_TTL_SECONDS (3600).
     """
-    if port_in_use(port, "127.0.0.1" if host in ("0.0.0.0", "::") else host):
-        raise click.ClickException(f"port {port} is already in use by another program; "
-                                   f"stop it or choose another port with --port (e.g. --port {port + 1})")
+    try:
+        require_free_port(port, "--port", host=host)
+    except PortInUse as exc:
+        raise click.ClickException(str(exc)) from exc
     root = find_service_root()
     env = dict(os.environ)
     # Resolve the pin here so a relative default does not depend on the child's cwd.

@@ -72,6 +72,19 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+class PortInUse(ServerError):
+    """The port a server should listen on is taken; the message names it and the option to change it."""
+
+
+def require_free_port(port: int, option: str, what: str | None = None, host: str = "127.0.0.1") -> None:
+    """Raise :class:`PortInUse` (port, what it was for, how to choose another) when ``port`` is taken."""
+    if port_in_use(port, "127.0.0.1" if host in ("0.0.0.0", "::") else host):
+        raise PortInUse(
+            f"port {port}{f' ({what})' if what else ''} is already in use by another program; "
+            f"stop it or choose another port with {option} (e.g. {option} {port + 1})"
+        )
+
+
 def console_script(name: str) -> str:
     """A console script of this environment (the venv's bin folder first)."""
     here = Path(sys.executable).parent / name
