@@ -7,9 +7,11 @@ FROM python:3.11.14-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
+COPY contract/ contract/
 COPY ml/ ml/
 COPY promotion/ promotion/
 COPY bentos/ bentos/
+COPY primer/ primer/
 # A regular (non-editable) install, in a venv we copy over, with exactly the
 # dependency versions the test suite passed with (constraints.txt).
 RUN python -m venv /opt/venv \
@@ -29,9 +31,11 @@ COPY --from=build /opt/venv /opt/venv
 # the BentoML service module), read-only: the code itself runs from the venv.
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY contract/ contract/
 COPY ml/ ml/
 COPY promotion/ promotion/
 COPY bentos/ bentos/
+COPY primer/ primer/
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

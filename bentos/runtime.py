@@ -29,11 +29,11 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from promotion.evidence import METRICS
-from promotion.names import MODEL_NAME
-from promotion.pin import PinError, default_pin_path, parse_pin
-from promotion.registry import public_uri
-from promotion.registry import tracking_uri as configured_tracking_uri
+from contract.evidence import METRICS
+from contract.names import MODEL_NAME
+from contract.pin import PinError, default_pin_path, parse_pin
+from contract.registry import public_uri
+from contract.registry import tracking_uri as configured_tracking_uri
 
 log = logging.getLogger("bentoml.primer")
 
@@ -136,7 +136,7 @@ def load_version(tracking_uri: str, version: int) -> LoadedModel:
     import pandas as pd
     from mlflow import MlflowClient
 
-    from ml import registry  # the model contract: how the pipeline stored what we load
+    from ml import tracking as registry  # the model contract: how the pipeline stored what we load
     from ml.features import FEATURE_COLUMNS
 
     client = MlflowClient(tracking_uri=tracking_uri)

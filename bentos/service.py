@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from bentos.runtime import Answer, Runtime, Settings, log
-from promotion.names import CHAMPION_ALIAS, MODEL_NAME
+from contract.names import CHAMPION_ALIAS, MODEL_NAME
 
 DEFAULT_THRESHOLD = 0.5
 MAX_ROWS = 1000

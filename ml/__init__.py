@@ -1,4 +1,4 @@
-"""The ML pipeline: data, validation, features, training, evaluation, registry, CLI.
+"""The ML pipeline, one module per stage: data, validate, features, train, evaluate, tracking, plots.
 
 Every module is importable without side effects; work happens in functions.
 """

@@ -22,7 +22,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, brier_score
 
 from ml.features import LABEL, labeled
 from ml.train import predict_up
-from promotion.evidence import METRICS, Scores, improvement
+from contract.evidence import METRICS, Scores, improvement
 
 MIN_EVAL_DAYS = 60
 DEFAULT_EVAL_DAYS = 60

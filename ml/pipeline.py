@@ -1,7 +1,7 @@
 """The training pipeline, one run: ingest -> validate -> features -> train -> evaluate -> register -> propose.
 
 ``run_pipeline(config)`` does the work and returns a :class:`PipelineResult`;
-``primer train`` (``ml.train_cli``) is a thin wrapper that prints progress.
+``primer train`` (``primer.train_command``) is a thin wrapper that prints progress.
 Nothing touches MLflow before the data passed validation, so bad data never
 leaves a run or a model version behind.
 """
@@ -40,8 +40,8 @@ from ml.features import FEATURE_COLUMNS, LABEL, WARMUP_ROWS, build_features, tom
 from ml.replay import clock_from_env, mode_from_env
 from ml.train import Grid, fit, load_grid
 from ml.validate import Rules, validate_prices
-from promotion.evidence import Evaluation, Scores
-from promotion.names import MODEL_NAME, Tag
+from contract.evidence import Evaluation, Scores
+from contract.names import MODEL_NAME, Tag
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class PipelineConfig:
     mode: str = "live"  # live | replay
     tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI or http://127.0.0.1:5000
     candidates_file: Path | None = None  # None: PRIMER_CANDIDATES_FILE or the packaged grid
-    pin_file: Path | None = None  # None: promotion.pin.default_pin_path()
+    pin_file: Path | None = None  # None: contract.pin.default_pin_path()
     now: datetime | None = None  # the replay clock's "now" (tests)
 
     @property
@@ -205,7 +205,7 @@ def prepare_data(config: PipelineConfig, echo: Echo = print) -> tuple[pd.DataFra
 
 
 def _champion(pin_file: Path | None, echo: Echo) -> int | None:
-    from promotion.pin import PinError, default_pin_path, read_pin
+    from contract.pin import PinError, default_pin_path, read_pin
 
     path = pin_file or default_pin_path()
     try:
@@ -223,7 +223,7 @@ def _score_champion(version: int, windows: Windows, echo: Echo) -> Scores | None
     carries champion_version with champion=None ("pinned but unavailable"),
     which the promotion gate can tell apart from "nothing pinned yet".
     """
-    from ml.registry import load_version, version_tags
+    from ml.tracking import load_version, version_tags
 
     try:
         model = load_version(version)
@@ -246,7 +246,7 @@ def run_pipeline(config: PipelineConfig, echo: Echo = print) -> PipelineResult:
     """One full training run; see the module docstring. Raises PipelineError / ValidationError."""
     import mlflow
 
-    from ml import plots, registry
+    from ml import plots, tracking as registry
 
     stages = _Stages()
     t_start = time.perf_counter()

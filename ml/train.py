@@ -20,7 +20,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ml.features import FEATURE_COLUMNS, LABEL
-from promotion.evidence import METRICS as SELECT_METRICS
+from contract.evidence import METRICS as SELECT_METRICS
 RANDOM_STATE = 42
 PACKAGED_GRID = Path(__file__).with_name("candidates.yaml")
 

@@ -1,4 +1,4 @@
-"""Promotion through git: the pin, the gate policy, proposing and rolling back.
+"""Promotion through git: the gate policy, proposing a pin change (git + forge API).
 
-Bottom of the dependency graph: imports neither ``ml`` nor ``bentos``.
+Imports the contract, never ``ml``, ``bentos`` or the ``primer`` shell.
 """

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from promotion.names import PIN_PATH
-from promotion.pin import Pin, PinError, parse_pin, read_pin, write_pin
+from contract.names import PIN_PATH
+from contract.pin import Pin, PinError, parse_pin, read_pin, write_pin
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from typing import Literal
 
 import yaml
 
-from promotion.evidence import METRICS, Evaluation, improvement
-from promotion.names import POLICY_PATH
-from promotion.pin import repo_root
+from contract.evidence import METRICS, Evaluation, improvement
+from contract.names import POLICY_PATH
+from contract.pin import repo_root
 
 BOOTSTRAP_MODES = ("commit", "propose")
 # Float subtraction noise (0.53 - 0.52 = 0.00999...) must not flip a decision at the threshold.

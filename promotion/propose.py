@@ -24,14 +24,15 @@ from typing import Any
 
 from tenacity import retry, stop_after_attempt, wait_exponential
 
-from promotion import gitops, registry
-from promotion.evidence import METRICS, Evaluation, Scores, improvement
+from promotion import gitops
+from contract import registry
+from contract.evidence import METRICS, Evaluation, Scores, improvement
 from promotion.forge import Forge, ForgeError, PullRequest, forge_from_env
 from promotion.gitops import GitError, PinMoved
-from promotion.names import (
+from contract.names import (
     CHALLENGER_ALIAS, PIN_PATH, POLICY_PATH, PromotionStatus, Tag, promotion_branch, promotion_title,
 )
-from promotion.pin import PinError, repo_root
+from contract.pin import PinError, repo_root
 from promotion.policy import Policy, PolicyError, Verdict, decide, load_policy
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ml.servers import free_port, start_mlflow_server, stop_process
+from tests.support import free_port, start_mlflow_server, stop_process
 from tests.pg import Postgres, start_postgres
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -6,8 +6,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from promotion.names import PIN_PATH
-from promotion.pin import write_pin
+from contract.names import PIN_PATH
+from contract.pin import write_pin
 
 
 def copy_repo(src: Path, dest: Path) -> Path:

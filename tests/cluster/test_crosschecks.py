@@ -10,7 +10,7 @@ import click
 import pytest
 import yaml
 
-from promotion import names
+from contract import names
 from tests.cluster.support import (
     BOOTSTRAP,
     REPO,
@@ -197,7 +197,7 @@ def test_pin_configmap_is_generated_from_the_pin_the_code_writes(app, apps) -> N
 
 def _code_env_vars() -> set[str]:
     found = set()
-    for package in ("ml", "promotion", "bentos"):
+    for package in ("contract", "ml", "promotion", "bentos", "primer"):
         for path in (REPO / package).rglob("*.py"):
             found |= set(re.findall(r"""["'](PRIMER_[A-Z0-9_]+)["']""", path.read_text()))
     return found
@@ -315,7 +315,7 @@ def _resolve(group: click.Command, argv: list[str], where: str) -> None:
 
 
 def test_commands_in_manifests_exist_in_the_cli(apps) -> None:
-    from ml.cli import main as primer
+    from primer.cli import main as primer
     from mlflow.cli import cli as mlflow_cli
 
     seen = set()
@@ -343,7 +343,7 @@ def test_mlflow_reads_the_backend_uri_from_the_env_var_the_manifest_sets(apps) -
 
 def test_primer_check_catches_a_wrong_command() -> None:
     # The resolver is strict: a typo'd subcommand or option fails.
-    from ml.cli import main as primer
+    from primer.cli import main as primer
 
     with pytest.raises(AssertionError, match="not a subcommand"):
         _resolve(primer, ["registry", "synch"], "test")

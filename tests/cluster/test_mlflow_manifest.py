@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ml.servers import console_script, free_port, stop_process, wait_http
-from promotion import names
+from tests.support import console_script, free_port, stop_process, wait_http
+from contract import names
 from tests.cluster.support import find
 
 

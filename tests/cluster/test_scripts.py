@@ -271,8 +271,8 @@ def test_seed_for_the_lab_pins_nothing(tmp_path, pinned: str) -> None:
     # The lab's MLflow starts empty: a version pinned in the checkout (a local `primer up`
     # commits promotions) would name a missing or unrelated model there. lib.sh's
     # unpin_seed, on a real git repo, leaves a pin the promotion code parses as null.
-    from promotion.names import PIN_PATH
-    from promotion.pin import parse_pin
+    from contract.names import PIN_PATH
+    from contract.pin import parse_pin
 
     repo = tmp_path / "seed"
     pin = repo / PIN_PATH

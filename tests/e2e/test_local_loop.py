@@ -19,9 +19,9 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from ml.servers import console_script, free_port, port_in_use
-from promotion.names import CHAMPION_ALIAS, MODEL_NAME, PIN_PATH, promotion_branch
-from promotion.pin import read_pin, write_pin
+from tests.support import console_script, free_port, port_in_use
+from contract.names import CHAMPION_ALIAS, MODEL_NAME, PIN_PATH, promotion_branch
+from contract.pin import read_pin, write_pin
 from tests.repo_copy import copy_repo
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -22,7 +22,7 @@ import httpx
 import psutil
 import pytest
 
-from ml.servers import console_script, free_port, port_in_use, stop_process, wait_http
+from tests.support import console_script, free_port, port_in_use, stop_process, wait_http
 from tests.e2e.test_local_loop import REPO_ROOT, _primer
 from tests.repo_copy import copy_repo
 

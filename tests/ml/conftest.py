@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner, Result
 
-from ml.cli import main
+from primer.cli import main
 from ml.data import synthetic_prices
 
 PRIMER_VARS = (

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from ml.servers import free_port
-from promotion.names import MODEL_NAME
+from tests.support import free_port
+from contract.names import MODEL_NAME
 
 ARGS = ("--source", "synthetic:7", "--anchor", "2024-06-28", "--train-years", "1")
 
@@ -96,8 +96,8 @@ def _rejecting_remote(tmp_path: Path) -> Path:
     """A bare git remote with the pin on main whose pre-receive hook refuses every push."""
     import subprocess
 
-    from promotion.names import PIN_PATH
-    from promotion.pin import write_pin
+    from contract.names import PIN_PATH
+    from contract.pin import write_pin
 
     work, remote = tmp_path / "seed", tmp_path / "remote.git"
     (work / PIN_PATH).parent.mkdir(parents=True)

@@ -21,7 +21,7 @@ from ml.evaluate import (
 )
 from ml.features import LABEL, build_features
 from ml.train import CandidateConfigError, build_estimator, fit, load_grid
-from promotion.evidence import Scores
+from contract.evidence import Scores
 
 
 @pytest.fixture(scope="module")

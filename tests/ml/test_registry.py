@@ -21,12 +21,12 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from ml import registry
+from ml import tracking as registry
 from ml.data import load_prices
 from ml.evaluate import score_model, split_windows
 from ml.features import FEATURE_COLUMNS, build_features
 from ml.train import load_grid
-from promotion.names import CHALLENGER_ALIAS, EXPERIMENT_NAME, MODEL_NAME, Tag
+from contract.names import CHALLENGER_ALIAS, EXPERIMENT_NAME, MODEL_NAME, Tag
 
 FIRST_ANCHOR = date(2024, 3, 28)
 SECOND_ANCHOR = date(2024, 6, 28)

@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from ml.validate import Rules, ValidationError, validate_prices
-from promotion.names import EXPERIMENT_NAME, MODEL_NAME
+from contract.names import EXPERIMENT_NAME, MODEL_NAME
 from tests.ml.conftest import ANCHOR, write_csv
 
 

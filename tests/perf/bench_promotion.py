@@ -38,11 +38,11 @@ for var, value in (("GIT_AUTHOR_NAME", "bench"), ("GIT_AUTHOR_EMAIL", "bench@pri
                    ("GIT_COMMITTER_NAME", "bench"), ("GIT_COMMITTER_EMAIL", "bench@primer.invalid")):
     os.environ.setdefault(var, value)
 
-from ml.servers import free_port, start_mlflow_server, stop_process  # noqa: E402
+from tests.support import free_port, start_mlflow_server, stop_process  # noqa: E402
 from promotion import gitops  # noqa: E402
 from promotion.forge import forge_from_env  # noqa: E402
-from promotion.names import PIN_PATH, POLICY_PATH, promotion_branch  # noqa: E402
-from promotion.pin import PIN_TEMPLATE  # noqa: E402
+from contract.names import PIN_PATH, POLICY_PATH, promotion_branch  # noqa: E402
+from contract.pin import PIN_TEMPLATE  # noqa: E402
 from promotion.policy import load_policy  # noqa: E402
 from promotion.propose import PromotionSettings, propose_from_evaluation  # noqa: E402
 from tests.promotion.conftest import Registry, make_evaluation  # noqa: E402

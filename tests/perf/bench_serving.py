@@ -42,8 +42,8 @@ import psutil
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
-from ml.servers import console_script, free_port, start_mlflow_server, stop_process, wait_http  # noqa: E402
-from promotion.names import MODEL_NAME  # noqa: E402
+from tests.support import console_script, free_port, start_mlflow_server, stop_process, wait_http  # noqa: E402
+from contract.names import MODEL_NAME  # noqa: E402
 
 
 @dataclass

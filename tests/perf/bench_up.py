@@ -23,7 +23,7 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
-from ml.servers import console_script, free_port  # noqa: E402
+from tests.support import console_script, free_port  # noqa: E402
 from tests.repo_copy import copy_repo  # noqa: E402
 
 TARGET_S = 60.0

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from ml.servers import free_port, start_mlflow_server, stop_process
-from promotion.evidence import Evaluation, Scores
-from promotion.names import EXPERIMENT_NAME, MODEL_NAME, PIN_PATH, POLICY_PATH
-from promotion.pin import PIN_TEMPLATE
+from tests.support import free_port, start_mlflow_server, stop_process
+from contract.evidence import Evaluation, Scores
+from contract.names import EXPERIMENT_NAME, MODEL_NAME, PIN_PATH, POLICY_PATH
+from contract.pin import PIN_TEMPLATE
 from tests.promotion.fakeforge import FakeForge
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

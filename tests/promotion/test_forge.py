@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ml.servers import free_port
+from tests.support import free_port
 from promotion.forge import ForgeError, HttpForge, NoForge, forge_from_env
 from tests.promotion.fakeforge import FakeForge
 

@@ -73,7 +73,7 @@ def test_credentials_in_a_remote_url_never_reach_an_error_message(http_git: tupl
 def test_push_to_a_named_remote_sends_the_token(http_git: tuple[str, list[dict[str, str]]], tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """`primer promote --push` with PRIMER_GIT_REMOTE=<remote name>: the token follows the remote's URL."""
-    from promotion.cli import _push
+    from primer.promotion_commands import _push
     from promotion.gitops import git
 
     url, seen = http_git
@@ -94,8 +94,8 @@ def test_push_to_a_named_remote_sends_the_token(http_git: tuple[str, list[dict[s
 def git_host(tmp_path: Path) -> Iterator[tuple[GitHttpServer, str]]:
     """A bare repository (the pin on main) served by real `git http-backend` behind token auth."""
     from promotion.gitops import git
-    from promotion.names import PIN_PATH
-    from promotion.pin import write_pin
+    from contract.names import PIN_PATH
+    from contract.pin import write_pin
 
     seed, root = tmp_path / "seed", tmp_path / "srv"
     (seed / PIN_PATH).parent.mkdir(parents=True)

@@ -9,9 +9,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from promotion.cli import COMMANDS, EXIT_UNREACHABLE
-from promotion.pin import PIN_TEMPLATE, PinError, parse_pin, read_pin, render_pin, write_pin
-from ml.servers import free_port
+from primer.promotion_commands import COMMANDS, EXIT_UNREACHABLE
+from contract.pin import PIN_TEMPLATE, PinError, parse_pin, read_pin, render_pin, write_pin
+from tests.support import free_port
 from tests.promotion.conftest import Registry
 
 CLI = click.Group("primer", commands=list(COMMANDS))

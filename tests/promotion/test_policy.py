@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from promotion.evidence import LOWER_IS_BETTER, Evaluation, Scores
+from contract.evidence import LOWER_IS_BETTER, Evaluation, Scores
 from promotion.policy import METRICS, Policy, PolicyError, decide, load_policy, parse_policy
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,11 +12,11 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from ml.servers import free_port
-from promotion.cli import COMMANDS
-from promotion.evidence import Evaluation
-from promotion.names import MODEL_NAME, PIN_PATH, PromotionStatus, Tag, promotion_branch
-from promotion.pin import parse_pin, render_pin
+from tests.support import free_port
+from primer.promotion_commands import COMMANDS
+from contract.evidence import Evaluation
+from contract.names import MODEL_NAME, PIN_PATH, PromotionStatus, Tag, promotion_branch
+from contract.pin import parse_pin, render_pin
 from promotion.propose import ProposalError, ProposalOutcome, propose_from_evaluation
 from tests.promotion.conftest import Registry, Repos, git, make_evaluation, use_forge
 from tests.promotion.fakeforge import FakeForge
@@ -308,7 +308,7 @@ def test_a_failed_promote_commit_leaves_the_pin_clean_and_retryable(promo_env: R
 def test_uri_credentials_never_reach_the_pr_body() -> None:
     from promotion.policy import Policy, decide
     from promotion.propose import pr_body
-    from promotion.registry import public_uri
+    from contract.registry import public_uri
 
     e = make_evaluation(Registry("http://primer:s3cret@mlflow.example:5000", "1"), 5, "run5", 0.6, champion=(4, 0.5))
     body = pr_body(e, decide(e, Policy()), Policy())

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from promotion.cli import previous_version
+from primer.promotion_commands import previous_version
 from promotion.gitops import commit_pin, git, pin_history
-from promotion.names import MODEL_NAME, PIN_PATH
-from promotion.pin import write_pin
+from contract.names import MODEL_NAME, PIN_PATH
+from contract.pin import write_pin
 
 
 def _repo(tmp_path: Path) -> Path:

@@ -9,8 +9,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from promotion.cli import COMMANDS
-from promotion.names import PIN_PATH
+from primer.promotion_commands import COMMANDS
+from contract.names import PIN_PATH
 from tests.promotion.conftest import Registry, Repos
 
 CLI = click.Group("primer", commands=list(COMMANDS))
@@ -34,7 +34,7 @@ def test_status_names_the_pinning_commit_with_a_relative_pin_file(
 
 def test_status_never_says_in_sync_when_mlflow_cannot_be_asked(promo_env: Repos,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from ml.servers import free_port
+    from tests.support import free_port
 
     unreachable = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     monkeypatch.setenv("MLFLOW_TRACKING_URI", unreachable)

@@ -10,11 +10,11 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from promotion.cli import COMMANDS
-from promotion.names import (
+from primer.promotion_commands import COMMANDS
+from contract.names import (
     CHALLENGER_ALIAS, CHAMPION_ALIAS, MODEL_NAME, PIN_PATH, PromotionStatus, Tag, promotion_branch, promotion_title,
 )
-from promotion.pin import parse_pin
+from contract.pin import parse_pin
 from promotion.propose import propose_from_evaluation
 from tests.promotion.conftest import Registry, Repos, git, make_evaluation, use_forge
 from tests.promotion.fakeforge import FakeForge

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from ml.servers import console_script, free_port, stop_process, wait_http
-from promotion.names import MODEL_NAME
+from tests.support import console_script, free_port, stop_process, wait_http
+from contract.names import MODEL_NAME
 
 # Derived from this file, not hard-coded: `bentoml serve` runs from the repo root.
 REPO_ROOT = Path(__file__).resolve().parents[2]

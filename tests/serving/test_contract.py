@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
 
 from tests.serving.conftest import REPO_ROOT
 
@@ -28,7 +27,7 @@ def test_service_module_import_is_light() -> None:
 
 def test_ml_serve_does_not_import_bentos() -> None:
     """Dependencies point bentos -> ml: `primer serve` only runs bentoml as a subprocess."""
-    code = "import sys, ml.serve; print([m for m in sys.modules if m == 'bentos' or m.startswith('bentos.')])"
+    code = "import sys, primer.serve_command; print([m for m in sys.modules if m == 'bentos' or m.startswith('bentos.')])"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -44,9 +43,11 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-def test_bentofile_lists_every_package_the_service_code_imports() -> None:
-    """A bento is installed from bentofile.yaml alone: a missing package only shows at run time
+def test_project_dependencies_cover_every_package_the_service_code_imports() -> None:
+    """The image installs the project's dependencies alone: a missing package only shows at run time
     (e.g. ml.data without tenacity: fresh features would never load, every answer stale)."""
+    import tomllib
+
     from importlib.metadata import packages_distributions, requires
 
     from packaging.requirements import Requirement
@@ -60,14 +61,14 @@ def test_bentofile_lists_every_package_the_service_code_imports() -> None:
         seen.add(mod)
         for name in _imports(REPO_ROOT / (mod.replace(".", "/") + ".py")):
             top = name.split(".")[0]
-            if top in ("bentos", "ml", "promotion"):
+            if top in ("bentos", "contract", "ml", "promotion", "primer"):
                 if (REPO_ROOT / (name.replace(".", "/") + ".py")).is_file():
                     todo.append(name)
             elif top not in sys.stdlib_module_names and top != "__future__":
                 third_party.add(top)
     dists = packages_distributions()
-    listed = {Requirement(p).name.lower() for p in yaml.safe_load((REPO_ROOT / "bentos/bentofile.yaml").read_text())
-              ["python"]["packages"]}
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    listed = {Requirement(p).name.lower() for p in project["dependencies"]}
     # What a listed package itself requires is installed with it.
     provided = set(listed)
     for name in listed:
@@ -76,4 +77,4 @@ def test_bentofile_lists_every_package_the_service_code_imports() -> None:
     missing = {top: dists.get(top) for top in third_party
                if not {d.lower().replace("_", "-") for d in dists.get(top, [top])} & provided}
     assert {"mlflow", "pandas", "tenacity", "yfinance"} <= third_party  # the walk reached ml.data and the loader
-    assert not missing, f"bentos/bentofile.yaml lacks {missing}"
+    assert not missing, f"pyproject.toml's dependencies lack {missing}"

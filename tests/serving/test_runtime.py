@@ -51,7 +51,7 @@ def _runtime(pin: Path, loader: Loader, fetch: object = None) -> Runtime:
 
 def test_settings_from_env_treat_empty_values_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     from ml.data import default_source
-    from promotion.names import DEFAULT_TRACKING_URI
+    from contract.names import DEFAULT_TRACKING_URI
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
     monkeypatch.setenv("PRIMER_DATA_SOURCE", "")

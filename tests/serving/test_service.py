@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from ml.servers import console_script, stop_process
-from promotion.names import MODEL_NAME
+from primer.processes import console_script, stop_process
+from contract.names import MODEL_NAME
 from tests.serving.conftest import REPO_ROOT, Registered, Service, start_service, write_pin
 
 PREDICTION_KEYS = {
@@ -251,7 +251,7 @@ def test_stale_fallback_when_fresh_data_cannot_be_had(registered: Registered, tm
     import mlflow
     from mlflow import MlflowClient
 
-    from ml.registry import latest_features
+    from ml.tracking import latest_features
 
     mlflow.set_tracking_uri(registered.uri)
     svc = start_service(tmp_path, registered.uri, registered.first, PRIMER_DATA_SOURCE=f"csv:{tmp_path / 'missing.csv'}")
@@ -268,7 +268,7 @@ def test_stale_fallback_when_fresh_data_cannot_be_had(registered: Registered, tm
 
 
 def test_mlflow_unreachable_stays_alive_not_ready(registered: Registered, tmp_path: Path) -> None:
-    from ml.servers import free_port
+    from tests.support import free_port
 
     svc = start_service(tmp_path, f"http://127.0.0.1:{free_port()}", registered.first)
     try:
@@ -286,7 +286,7 @@ def test_primer_serve_answers_the_seed_curl(registered: Registered, tmp_path: Pa
     """`primer serve` (the CLI) starts the same service; the seed's curl gets every key."""
     import httpx
 
-    from ml.servers import free_port, wait_http
+    from tests.support import free_port, wait_http
 
     pin = tmp_path / "pin.yaml"
     write_pin(pin, registered.first)
@@ -315,7 +315,7 @@ def test_primer_serve_names_a_busy_port(tmp_path: Path) -> None:
     """Like `primer up`: the port and the option to change it, not BentoML's traceback."""
     import socket
 
-    from ml.servers import free_port
+    from tests.support import free_port
 
     port = free_port()
     with socket.socket() as busy:

@@ -26,12 +26,12 @@ import httpx
 import psutil
 
 from ml.data import default_source
-from ml.servers import (
+from primer.processes import (
     PortInUse, ServerError, console_script, mlflow_server_command, mlflow_server_env, require_free_port, stop_process,
     wait_http,
 )
-from promotion.names import MLFLOW_PORT, MODEL_NAME, SERVING_PORT
-from promotion.pin import PinError, default_pin_path, read_pin, repo_root
+from contract.names import MLFLOW_PORT, MODEL_NAME, SERVING_PORT
+from contract.pin import PinError, default_pin_path, read_pin, repo_root
 
 STATE_DIR_NAME = ".primer"
 MLFLOW_START_TIMEOUT = 90.0

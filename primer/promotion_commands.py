@@ -1,7 +1,7 @@
 """Human operations: a git commit promotes or rolls back.
 
 ``primer pin check | promote | rollback | registry sync | status``. Registered
-in ``ml/cli.py``; this module imports nothing from ``ml``.
+in ``primer/cli.py``; this module imports nothing from ``ml``.
 
 Exit codes: 0 ok; 1 the operation was refused or failed (the message says why);
 3 ``pin check --require-registry`` / ``registry sync`` / ``status --strict`` could not reach
@@ -17,11 +17,12 @@ from pathlib import Path
 import click
 import httpx
 
-from promotion import gitops, registry
+from promotion import gitops
+from contract import registry
 from promotion.forge import ForgeError, forge_from_env
 from promotion.gitops import GitError
-from promotion.names import CHALLENGER_ALIAS, CHAMPION_ALIAS, MODEL_NAME, PromotionStatus, promotion_title
-from promotion.pin import Pin, PinError, default_pin_path, parse_pin, read_pin, repo_root
+from contract.names import CHALLENGER_ALIAS, CHAMPION_ALIAS, MODEL_NAME, PromotionStatus, promotion_title
+from contract.pin import Pin, PinError, default_pin_path, parse_pin, read_pin, repo_root
 from promotion.propose import PROMOTION_BRANCH_RE
 
 EXIT_UNREACHABLE = 3

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from promotion.names import MODEL_NAME, PIN_PATH
+from contract.names import MODEL_NAME, PIN_PATH
 
 ALLOWED_KEYS = ("model", "version")
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import click
 
-from ml.servers import PortInUse, console_script, require_free_port
-from promotion.names import SERVING_PORT
-from promotion.pin import default_pin_path, repo_root
-from promotion.registry import public_uri
-from promotion.registry import tracking_uri as configured_tracking_uri
+from primer.processes import PortInUse, console_script, require_free_port
+from contract.names import SERVING_PORT
+from contract.pin import default_pin_path, repo_root
+from contract.registry import public_uri
+from contract.registry import tracking_uri as configured_tracking_uri
 
 SERVICE_IMPORT = "bentos.service:PrimerService"
 

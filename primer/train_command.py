@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from promotion.names import DEFAULT_TRACKING_URI
+from contract.names import DEFAULT_TRACKING_URI
 
 
 def _echo(line: str) -> None:
@@ -49,7 +49,7 @@ def train_command(
 ) -> None:
     from ml.data import DataSourceError
     from ml.pipeline import PipelineError, config_from_env, run_pipeline
-    from ml.registry import RegistryError
+    from ml.tracking import RegistryError
     from ml.replay import ReplayConfigError
     from ml.train import CandidateConfigError
     from ml.validate import ValidationError

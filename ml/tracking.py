@@ -24,8 +24,8 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from ml.features import FEATURE_COLUMNS
-from promotion.names import CHALLENGER_ALIAS, EXPERIMENT_NAME, MLFLOW_PORT, MODEL_NAME, PromotionStatus, Tag
-from promotion.registry import RegistryUnreachable, probe, public_uri, tracking_uri
+from contract.names import CHALLENGER_ALIAS, EXPERIMENT_NAME, MLFLOW_PORT, MODEL_NAME, PromotionStatus, Tag
+from contract.registry import RegistryUnreachable, probe, public_uri, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def ensure_experiment(name: str = EXPERIMENT_NAME) -> str:
 
 def git_sha(repo: Path | None = None) -> str:
     """The commit of the code that trains (``unknown`` outside a git checkout, e.g. in an image)."""
-    from promotion.pin import repo_root
+    from contract.pin import repo_root
 
     try:
         out = subprocess.run(

@@ -15,7 +15,7 @@ def test_free_ports_are_distinct_bindable_and_outside_the_ephemeral_range():
     # a port we hand a server must not be one of those (a CI run failed on exactly that).
     import socket
 
-    from ml.servers import _ephemeral_range_start, free_port
+    from tests.support import _ephemeral_range_start, free_port
 
     ports = [free_port() for _ in range(50)]
     assert len(set(ports)) == len(ports)

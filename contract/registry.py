@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from promotion.names import (
+from contract.names import (
     CHALLENGER_ALIAS, CHAMPION_ALIAS, DEFAULT_TRACKING_URI, MODEL_NAME, PromotionStatus, Tag,
 )
 

@@ -31,18 +31,18 @@ def main(verbose: bool) -> None:
 
 def _register() -> None:
     """Attach subcommands (imported here so `primer --help` lists them all)."""
-    from promotion.cli import COMMANDS as promotion_commands
+    from primer.promotion_commands import COMMANDS as promotion_commands
 
     for command in promotion_commands:
         main.add_command(command)
-    from ml.train_cli import train_command
+    from primer.train_command import train_command
 
     main.add_command(train_command)
-    from ml.local import down_command, up_command
+    from primer.up import down_command, up_command
 
     main.add_command(up_command)
     main.add_command(down_command)
-    from ml.serve import serve
+    from primer.serve_command import serve
 
     main.add_command(serve)
 
