@@ -114,14 +114,26 @@ def test_argocd_cm_restores_application_health_for_waves() -> None:
     assert lua.count("if ") == lua.count("end"), "unbalanced Lua blocks"
 
 
-def test_argocd_cm_lets_kustomize_read_the_pin_outside_app_folders() -> None:
+def test_argocd_cm_sets_no_load_restrictor_and_no_generator_reads_outside_its_folder() -> None:
     cm = yaml.safe_load(ARGOCD_CM.read_text())
-    assert cm["data"]["kustomize.buildOptions"] == "--load-restrictor LoadRestrictionsNone"
-    # ...which is needed: both pin generators read a file outside their folder.
+    assert "kustomize.buildOptions" not in cm["data"]
+    assert not any("load-restrictor" in str(v).lower() or "loadrestrictions" in str(v).lower()
+                   for v in cm["data"].values())
+    # ...which is possible: every generator (apps/ and the pin Component in promotion/) reads
+    # only files in its own folder, and both pin users include that Component.
+    kustomizations = [*(REPO / "apps").rglob("kustomization.yaml"), REPO / "promotion" / "kustomization.yaml"]
+    for path in kustomizations:
+        kust = yaml.safe_load(path.read_text())
+        for gen in [*kust.get("configMapGenerator", []), *kust.get("secretGenerator", [])]:
+            for entry in [*gen.get("files", []), *gen.get("envs", [])]:
+                rel = entry.split("=", 1)[-1]
+                assert ".." not in Path(rel).parts and not Path(rel).is_absolute(), f"{path}: {entry}"
     for app in ("serving", "training"):
         kust = yaml.safe_load((REPO / "apps" / app / "kustomization.yaml").read_text())
-        files = [f.split("=", 1)[-1] for g in kust["configMapGenerator"] for f in g.get("files", [])]
-        assert any(".." in Path(f).parts for f in files)
+        own = [g["name"] for g in kust.get("configMapGenerator", [])]
+        assert "model-pin" not in own, f"apps/{app} generates the pin itself again"
+        users = [(REPO / "apps" / app / c).resolve() for c in kust.get("components", [])]
+        assert (REPO / "promotion").resolve() in users, f"apps/{app} does not include the pin Component"
 
 
 def test_bootstrap_applies_argocd_pinned_and_server_side(lab) -> None:

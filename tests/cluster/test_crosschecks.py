@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from pathlib import Path
 import click
 import pytest
 import yaml
@@ -178,11 +179,17 @@ def test_gitea_settings_agree(apps, bootstrap, lab) -> None:
 
 @pytest.mark.parametrize("app", ["serving", "training"])
 def test_pin_configmap_is_generated_from_the_pin_the_code_writes(app, apps) -> None:
+    # The app includes the pin Component, which lives beside the pin (promotion/).
     kust = yaml.safe_load(_read(f"apps/{app}/kustomization.yaml"))
-    (gen,) = [g for g in kust["configMapGenerator"] if g["name"] == "model-pin"]
+    component = (REPO / names.PIN_PATH).parent
+    assert component.resolve() in [(REPO / "apps" / app / c).resolve() for c in kust["components"]]
+    comp = yaml.safe_load((component / "kustomization.yaml").read_text())
+    assert comp["kind"] == "Component"
+    (gen,) = [g for g in comp["configMapGenerator"] if g["name"] == "model-pin"]
     (entry,) = gen["files"]
-    key, _, rel = entry.partition("=")
-    assert (REPO / "apps" / app / rel).resolve() == (REPO / names.PIN_PATH).resolve()
+    key, _, rel = entry.rpartition("=")
+    key = key or Path(rel).name  # `files: [model-version.yaml]`: the key is the file name
+    assert (component / rel).resolve() == (REPO / names.PIN_PATH).resolve()
     # PRIMER_PIN_FILE points at that key, where the ConfigMap is mounted.
     for c in containers({f"apps/{app}": apps[f"apps/{app}"]}):
         env = {e["name"]: e.get("value") for e in c.spec.get("env", [])}
