@@ -107,8 +107,12 @@ def test_constraints_lock_every_runtime_dependency_within_pyproject_bounds() -> 
             name, _, version = line.partition("==")
             assert version, f"constraints.txt: {line!r} is not an exact pin"
             pins[canonicalize_name(name)] = version.strip()
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    reqs = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"]]
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    project = pyproject["project"]
+    # Dev tools: a PEP 735 dependency group (or, formerly, the `dev` extra).
+    dev = pyproject.get("dependency-groups", {}).get("dev") or project.get("optional-dependencies", {}).get("dev")
+    assert dev, "pyproject.toml lists no dev dependencies (dependency-groups.dev)"
+    reqs = [Requirement(r) for r in project["dependencies"] + [d for d in dev if isinstance(d, str)]]
     for req in reqs:
         name = canonicalize_name(req.name)
         assert name in pins, f"{req.name} is not in constraints.txt"
