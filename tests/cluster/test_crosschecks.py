@@ -32,7 +32,7 @@ NOT_SET_IN_CLUSTER = {
     "PRIMER_CANDIDATES_FILE": "the packaged candidate grid (ml/candidates.yaml)",
     "PRIMER_SERVICE_URL": "`primer status` run from a workstation",
     "PRIMER_POLICY_FILE": "the gate policy promotion/policy.yaml ships in the image",
-    "PRIMER_PIN_POLL_SECONDS": "serving default (2 s)",
+    "PRIMER_PIN_POLL_SECONDS": "unused in the cluster: PRIMER_PIN_WATCH is false (a new pin rolls the Deployment)",
     "PRIMER_FEATURE_TTL_SECONDS": "serving default (3600 s)",
 }
 
@@ -202,8 +202,36 @@ def test_pin_configmap_is_generated_from_the_pin_the_code_writes(app, apps) -> N
 
 # --- env vars -----------------------------------------------------------------------------------
 
-def _code_env_vars() -> set[str]:
+def _settings_env_vars() -> set[str]:
+    """Variables of the typed settings classes (contract/settings.py, pydantic-settings): the
+    field's validation alias(es), else the class's env_prefix + the field name in capitals."""
+    if not (REPO / "contract" / "settings.py").is_file():
+        return set()
+    import importlib
+
+    from pydantic import AliasChoices
+    from pydantic_settings import BaseSettings
+
+    module = importlib.import_module("contract.settings")
     found = set()
+    for cls in vars(module).values():
+        if not (isinstance(cls, type) and issubclass(cls, BaseSettings)):
+            continue
+        prefix = cls.model_config.get("env_prefix", "")
+        for field_name, field in cls.model_fields.items():
+            alias = field.validation_alias
+            if isinstance(alias, str):
+                found.add(alias)
+            elif isinstance(alias, AliasChoices):
+                found |= {c for c in alias.choices if isinstance(c, str)}
+            else:
+                found.add(f"{prefix}{field_name}".upper())
+    return {n for n in found if n.startswith("PRIMER_")}
+
+
+def _code_env_vars() -> set[str]:
+    """PRIMER_* the code reads: the settings classes' variables and any quoted literal."""
+    found = _settings_env_vars()
     for package in ("contract", "ml", "promotion", "bentos", "primer"):
         for path in (REPO / package).rglob("*.py"):
             found |= set(re.findall(r"""["'](PRIMER_[A-Z0-9_]+)["']""", path.read_text()))
@@ -229,7 +257,7 @@ def test_env_vars_set_in_manifests_are_read_by_the_code(apps) -> None:
     assert len(code) >= 10, "the grep found too few PRIMER_* literals: did the code layout change?"
     for source, env in _manifest_env_vars(apps).items():
         unknown = env - code
-        assert not unknown, f"{source} sets {sorted(unknown)}, which no code in ml/, promotion/, bentos/ reads"
+        assert not unknown, f"{source} sets {sorted(unknown)}, which no code reads (contract/settings.py or a PRIMER_ literal)"
 
 
 def test_env_vars_the_code_reads_are_set_or_deliberately_left_out(apps) -> None:
