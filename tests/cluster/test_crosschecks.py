@@ -1,5 +1,5 @@
 """Cross-checks: the names, ports, IPs, paths, env vars, images and commands that
-the Vagrantfile, versions.env, the manifests, the scripts, the README and the
+the Vagrantfile, versions.env, the manifests, the scripts, docs/cluster.md and the
 Python code each spell out must agree."""
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from tests.cluster.support import (
 )
 
 # PRIMER_* variables the code reads that the cluster deliberately leaves unset
-# (their defaults are right there). Keep in sync with the README cluster section.
+# (their defaults are right there). Keep in sync with docs/cluster.md ("Configuration not
+# set in the cluster"; a test checks that it names each of them).
 NOT_SET_IN_CLUSTER = {
     "PRIMER_SYNTHETIC_SEED": "only for PRIMER_DATA_SOURCE=synthetic; the lab uses yfinance",
     "PRIMER_REPO_DIR": "the trainer works in temporary clones of PRIMER_GIT_REMOTE; "
@@ -115,11 +116,11 @@ def test_serving_service_is_the_public_contract(apps) -> None:
     assert svc["spec"]["selector"] == dep["spec"]["template"]["metadata"]["labels"]
 
 
-def test_readme_and_scripts_show_the_same_api_url(lab) -> None:
+def test_cluster_docs_and_scripts_show_the_same_api_url(lab) -> None:
     url = f"http://{names.WORKER_IP}:{names.SERVING_NODE_PORT}/predictionForTomorrow"
-    readme = _read("README.md")
-    section = readme.split("\n## The cluster: `vagrant up`", 1)[1].split("\n## ", 1)[0]
-    assert url in section, "the README cluster section must show the API URL"
+    docs = _read("docs/cluster.md")
+    intro = docs.split("\n## ", 1)[0]
+    assert url in intro, "docs/cluster.md must show the API URL before its first section"
     for script in ("access.sh", "verify.sh"):
         text = _read(f"cluster-bootstrap/{script}")
         assert "http://$WORKER_IP:$SERVING_NODE_PORT/predictionForTomorrow" in text, script
@@ -270,6 +271,10 @@ def test_env_vars_the_code_reads_are_set_or_deliberately_left_out(apps) -> None:
     assert not stale, f"NOT_SET_IN_CLUSTER lists {sorted(stale)}, which the code no longer reads"
     both = set(NOT_SET_IN_CLUSTER) & set_somewhere
     assert not both, f"{sorted(both)} are set in manifests but listed as not set"
+    docs = _read("docs/cluster.md")
+    section = docs.split("\n## Configuration not set in the cluster\n", 1)[1].split("\n## ", 1)[0]
+    undocumented = {n for n in NOT_SET_IN_CLUSTER if f"`{n}`" not in section}
+    assert not undocumented, f"docs/cluster.md does not list {sorted(undocumented)} as not set in the cluster"
 
 
 def test_bootstrap_creates_the_objects_the_manifests_reference(apps) -> None:
