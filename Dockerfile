@@ -4,18 +4,27 @@
 # Built inside the lab by cluster-bootstrap/build-image.sh (BuildKit, no Docker).
 
 FROM python:3.11.14-slim-bookworm AS build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    UV_PROJECT_ENVIRONMENT=/opt/venv \
+    UV_PYTHON=/usr/local/bin/python3.11 \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_LINK_MODE=copy \
+    UV_COMPILE_BYTECODE=1 \
+    UV_NO_CACHE=1
+# uv, pinned, from PyPI; only the build stage has it.
+RUN pip install --no-cache-dir uv==0.13.9
 WORKDIR /src
-COPY pyproject.toml README.md constraints.txt ./
+# The dependencies first (a layer that changes only with the lock), exactly the
+# versions the test suite passed with (uv.lock), without the dev group...
+COPY pyproject.toml uv.lock README.md ./
+RUN uv sync --frozen --no-dev --no-install-project
 COPY contract/ contract/
 COPY ml/ ml/
 COPY promotion/ promotion/
 COPY bentos/ bentos/
 COPY primer/ primer/
-# A regular (non-editable) install, in a venv we copy over, with exactly the
-# dependency versions the test suite passed with (constraints.txt).
-RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir -c constraints.txt /src
+# ...then the project itself, a regular (non-editable) install into the venv we copy over.
+RUN uv sync --frozen --no-dev --no-editable
 
 FROM python:3.11.14-slim-bookworm
 # git: the trainer clones the repository and pushes promotion branches.

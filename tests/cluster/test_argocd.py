@@ -44,7 +44,8 @@ def test_every_application_is_complete(apps, bootstrap, lab) -> None:
         assert src["repoURL"] == lab["GITEA_REPO_URL"], f"{name}: repoURL must be the in-cluster Gitea repo"
         assert src["targetRevision"] == "main", name
         path = REPO / src["path"]
-        assert path.is_dir() and (path / "kustomization.yaml").is_file(), f"{name}: {src['path']} is not a kustomization here"
+        assert path.is_dir() and (path / "kustomization.yaml").is_file(), \
+            f"{name}: {src['path']} is not a kustomization here"
         assert spec["destination"]["server"] == "https://kubernetes.default.svc", name
         assert spec["destination"]["namespace"], name
         auto = spec["syncPolicy"]["automated"]
@@ -98,7 +99,8 @@ def test_root_application_is_the_app_of_apps(bootstrap) -> None:
 
 def test_repo_url_is_written_once_in_apps(lab) -> None:
     # Children get repoURL from apps/root/kustomization.yaml only.
-    hits = [p for p in (REPO / "apps").rglob("*.yaml") if "repoURL:" in p.read_text() or "/spec/source/repoURL" in p.read_text()]
+    hits = [p for p in (REPO / "apps").rglob("*.yaml")
+            if "repoURL:" in p.read_text() or "/spec/source/repoURL" in p.read_text()]
     assert hits == [REPO / "apps" / "root" / "kustomization.yaml"]
     assert lab["GITEA_REPO_URL"] in hits[0].read_text()
 
@@ -144,7 +146,8 @@ def test_bootstrap_applies_argocd_pinned_and_server_side(lab) -> None:
     assert lab["ARGOCD_VERSION"].startswith("3.5.")
     assert lab["ARGOCD_INSTALL_URL"] == (
         f"https://raw.githubusercontent.com/argoproj/argo-cd/v{lab['ARGOCD_VERSION']}/manifests/install.yaml")
-    for manifest in ("argocd-cm.yaml", "argocd-cmd-params-cm.yaml", "argocd-server-service.yaml", "root-application.yaml"):
+    for manifest in ("argocd-cm.yaml", "argocd-cmd-params-cm.yaml", "argocd-server-service.yaml",
+                     "root-application.yaml"):
         assert manifest in script, f"platform.sh does not apply {manifest}"
 
 

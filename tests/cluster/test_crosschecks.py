@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
+
 import click
 import pytest
 import yaml
@@ -65,7 +66,8 @@ def test_vagrantfile_builds_the_lab_from_versions_env(lab) -> None:
     assert [".", "/vagrant"] in cfg["synced_folders"]
     machines = {m["name"]: m for m in cfg["machines"]}
     assert list(machines) == ["control-plane", "worker-1"]
-    ips = {n: [net["ip"] for net in m["vm"]["networks"] if net["type"] == "private_network"] for n, m in machines.items()}
+    ips = {n: [net["ip"] for net in m["vm"]["networks"] if net["type"] == "private_network"]
+           for n, m in machines.items()}
     assert ips == {"control-plane": [lab["CONTROL_PLANE_IP"]], "worker-1": [names.WORKER_IP]}
     assert lab["CONTROL_PLANE_IP"] == "192.168.56.10"
     memory = sum(m["vm"]["providers"]["virtualbox"]["memory"] for m in machines.values())
@@ -128,12 +130,13 @@ def test_cluster_docs_and_scripts_show_the_same_api_url(lab) -> None:
 
 def test_node_ports_are_distinct_and_match_versions_env(apps, bootstrap, lab) -> None:
     found = {}
-    for source, docs in {**apps, **bootstrap}.items():
+    for docs in {**apps, **bootstrap}.values():
         for obj in docs:
             if obj["kind"] == "Service":
                 for port in obj["spec"]["ports"]:
                     if "nodePort" in port:
-                        found[f"{obj['metadata']['namespace'] if 'namespace' in obj['metadata'] else ''}/{obj['metadata']['name']}"] = port["nodePort"]
+                        meta = obj["metadata"]
+                        found[f"{meta.get('namespace', '')}/{meta['name']}"] = port["nodePort"]
     assert found == {
         "serving/primer-serving": int(lab["SERVING_NODE_PORT"]),
         "mlflow/mlflow": int(lab["MLFLOW_NODE_PORT"]),
@@ -194,7 +197,8 @@ def test_pin_configmap_is_generated_from_the_pin_the_code_writes(app, apps) -> N
     # PRIMER_PIN_FILE points at that key, where the ConfigMap is mounted.
     for c in containers({f"apps/{app}": apps[f"apps/{app}"]}):
         env = {e["name"]: e.get("value") for e in c.spec.get("env", [])}
-        pin_file = env.get("PRIMER_PIN_FILE") or find(apps["apps/training"], "ConfigMap", "primer-training")["data"]["PRIMER_PIN_FILE"]
+        pin_file = (env.get("PRIMER_PIN_FILE")
+                    or find(apps["apps/training"], "ConfigMap", "primer-training")["data"]["PRIMER_PIN_FILE"])
         volumes = {v["name"]: v for v in c.pod_spec["volumes"]}
         mounts = [m for m in c.spec["volumeMounts"] if "configMap" in volumes[m["name"]]
                   and volumes[m["name"]]["configMap"]["name"].startswith("model-pin-")]
@@ -258,7 +262,8 @@ def test_env_vars_set_in_manifests_are_read_by_the_code(apps) -> None:
     assert len(code) >= 10, "the grep found too few PRIMER_* literals: did the code layout change?"
     for source, env in _manifest_env_vars(apps).items():
         unknown = env - code
-        assert not unknown, f"{source} sets {sorted(unknown)}, which no code reads (contract/settings.py or a PRIMER_ literal)"
+        assert not unknown, \
+            f"{source} sets {sorted(unknown)}, which no code reads (contract/settings.py or a PRIMER_ literal)"
 
 
 def test_env_vars_the_code_reads_are_set_or_deliberately_left_out(apps) -> None:
@@ -346,7 +351,8 @@ def _resolve(group: click.Command, argv: list[str], where: str) -> None:
             options.append(token.split("=", 1)[0])
         elif isinstance(cmd, click.Group) and not options:
             sub = cmd.get_command(ctx, token)
-            assert sub is not None, f"{where}: `{token}` is not a subcommand of `{cmd.name}` ({sorted(cmd.list_commands(ctx))})"
+            assert sub is not None, \
+                f"{where}: `{token}` is not a subcommand of `{cmd.name}` ({sorted(cmd.list_commands(ctx))})"
             cmd = sub
     assert not isinstance(cmd, click.Group), f"{where}: `{' '.join(argv)}` stops at a command group"
     known = {opt for p in cmd.params for opt in [*p.opts, *p.secondary_opts]}
@@ -355,8 +361,9 @@ def _resolve(group: click.Command, argv: list[str], where: str) -> None:
 
 
 def test_commands_in_manifests_exist_in_the_cli(apps) -> None:
-    from primer.cli import main as primer
     from mlflow.cli import cli as mlflow_cli
+
+    from primer.cli import main as primer
 
     seen = set()
     for c in containers(apps):

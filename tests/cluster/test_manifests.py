@@ -116,7 +116,8 @@ def test_app_pods_do_not_mount_service_account_tokens(apps) -> None:
         for obj in docs:
             spec = pod_spec(obj)
             if spec is not None:
-                assert spec.get("automountServiceAccountToken") is False, f"{source} {obj['kind']}/{obj['metadata']['name']}"
+                assert spec.get("automountServiceAccountToken") is False, \
+                    f"{source} {obj['kind']}/{obj['metadata']['name']}"
 
 
 def test_serving_rolls_without_losing_the_old_pods(apps) -> None:
@@ -205,7 +206,8 @@ def test_manifest_files_are_all_referenced() -> None:
     for directory in [*APPS.iterdir()]:
         if not directory.is_dir():
             continue
-        kust = yaml.safe_load((directory / "kustomization.yaml").read_text()) if (directory / "kustomization.yaml").exists() else None
+        kust_file = directory / "kustomization.yaml"
+        kust = yaml.safe_load(kust_file.read_text()) if kust_file.exists() else None
         if kust is None:
             continue
         listed = set(kust.get("resources", []))

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import console_script, free_port, stop_process, wait_http
 from contract import names
 from tests.cluster.support import find
+from tests.support import console_script, free_port, stop_process, wait_http
 
 
 def _expand(value: str, env: dict[str, str]) -> str:

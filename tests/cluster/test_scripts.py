@@ -87,36 +87,85 @@ def test_dockerfile_pins_the_base_and_runs_as_non_root() -> None:
     assert users and users[-1].split(":")[0] not in {"0", "root"}
     # The uid the manifests run as is the image's user.
     assert users[-1].split(":")[0] == "10001"
-    # Non-editable install of the project with exactly the tested dependency versions.
-    assert re.search(r"pip install --no-cache-dir -c constraints\.txt /src", text) and "-e " not in text
-    assert re.search(r"(?m)^COPY .*\bconstraints\.txt\b.* \./$", text)
+    # Installed from uv.lock only (the tested versions), without the dev group, and the
+    # project itself as a regular (non-editable) install; uv pinned by version.
+    assert re.search(r"(?m)^COPY .*\buv\.lock\b.* \./$", text)
+    syncs = re.findall(r"(?m)^RUN uv sync (.*)$", text)
+    assert syncs and all({"--frozen", "--no-dev"} <= set(s.split()) for s in syncs), syncs
+    assert "--no-editable" in syncs[-1].split() and "-e " not in text
+    assert re.search(r"(?m)^RUN pip install --no-cache-dir uv==\d+\.\d+\.\d+$", text)
+    assert "constraints.txt" not in text and "requirements" not in text
 
 
-def test_constraints_lock_every_runtime_dependency_within_pyproject_bounds() -> None:
-    """constraints.txt is what the image, CI and the README install: it must pin every
-    dependency exactly and agree with pyproject's lower bounds (one source each: bounds there,
-    the tested set here)."""
+def _lock_and_pyproject() -> tuple[dict, dict]:
     import tomllib
 
+    return (tomllib.loads((REPO / "uv.lock").read_text()),
+            tomllib.loads((REPO / "pyproject.toml").read_text()))
+
+
+def _dev(pyproject: dict) -> list[str]:
+    # Dev tools: a PEP 735 dependency group (entries may also be {include-group = ...}).
+    dev = pyproject.get("dependency-groups", {}).get("dev")
+    assert dev, "pyproject.toml lists no dev dependencies (dependency-groups.dev)"
+    return [d for d in dev if isinstance(d, str)]
+
+
+def test_uv_lock_pins_every_dependency_within_pyproject_bounds() -> None:
+    """uv.lock is what the image, CI and the README install (`uv sync --frozen`): it must
+    hold one exact version of every runtime and dev dependency, inside pyproject's lower
+    bounds (one source each: bounds there, the tested set in the lock)."""
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    pins: dict[str, str] = {}
-    for line in (REPO / "constraints.txt").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, _, version = line.partition("==")
-            assert version, f"constraints.txt: {line!r} is not an exact pin"
-            pins[canonicalize_name(name)] = version.strip()
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    project = pyproject["project"]
-    # Dev tools: a PEP 735 dependency group (or, formerly, the `dev` extra).
-    dev = pyproject.get("dependency-groups", {}).get("dev") or project.get("optional-dependencies", {}).get("dev")
-    assert dev, "pyproject.toml lists no dev dependencies (dependency-groups.dev)"
-    reqs = [Requirement(r) for r in project["dependencies"] + [d for d in dev if isinstance(d, str)]]
-    for req in reqs:
+    lock, pyproject = _lock_and_pyproject()
+    packages = {canonicalize_name(p["name"]): p for p in lock["package"]}
+    versions: dict[str, set[str]] = {}
+    for package in lock["package"]:
+        versions.setdefault(canonicalize_name(package["name"]), set()).add(package["version"])
+    for req in map(Requirement, pyproject["project"]["dependencies"] + _dev(pyproject)):
         name = canonicalize_name(req.name)
-        assert name in pins, f"{req.name} is not in constraints.txt"
-        assert req.specifier.contains(pins[name], prereleases=True), f"{req.name}=={pins[name]} outside {req}"
+        assert name in versions, f"{req.name} is not in uv.lock: run `uv lock` and commit it"
+        assert len(versions[name]) == 1, f"uv.lock holds several versions of {req.name}: {sorted(versions[name])}"
+        (version,) = versions[name]
+        assert req.specifier.contains(version, prereleases=True), f"{req.name}=={version} outside {req}"
+        for extra in req.extras:  # psycopg[binary] -> psycopg-binary is locked too
+            assert extra in packages[name].get("optional-dependencies", {}), f"uv.lock lacks {req.name}[{extra}]"
+
+
+def test_uv_lock_is_current_with_pyproject() -> None:
+    """`uv sync --frozen` installs the lock without reading pyproject.toml's dependencies, so
+    one added there but not locked would be silently missing: the lock's record of the
+    project's requirements must equal pyproject's (what `uv lock --check` compares)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    lock, pyproject = _lock_and_pyproject()
+    (root,) = [p for p in lock["package"] if p.get("source") == {"editable": "."}]
+    assert root["name"] == pyproject["project"]["name"]
+
+    def ours(reqs: list[str]) -> set[tuple[str, str, tuple[str, ...]]]:
+        return {(canonicalize_name(r.name), str(r.specifier), tuple(sorted(r.extras))) for r in map(Requirement, reqs)}
+
+    def locked(entries: list[dict]) -> set[tuple[str, str, tuple[str, ...]]]:
+        return {(canonicalize_name(e["name"]), str(Requirement(e["name"] + e.get("specifier", "")).specifier),
+                 tuple(sorted(e.get("extras", [])))) for e in entries}
+
+    hint = "pyproject.toml and uv.lock disagree: run `uv lock` and commit both"
+    assert locked(root["metadata"]["requires-dist"]) == ours(pyproject["project"]["dependencies"]), hint
+    assert locked(root["metadata"]["requires-dev"]["dev"]) == ours(_dev(pyproject)), hint
+    assert not (REPO / "constraints.txt").exists(), "uv.lock replaced constraints.txt: one lock"
+
+
+def test_ci_installs_from_the_lock_and_runs_the_linters() -> None:
+    text = (REPO / ".ci" / "run").read_text()
+    commands = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert re.search(r"(?m)^UV_VERSION=\d+\.\d+\.\d+$", text) and '"uv==$UV_VERSION"' in text
+    # Install from the lock, the linters, then the README's test command: plain lines under `set -e`.
+    assert "set -euo pipefail" in commands
+    order = [commands.index(c) for c in ("uv sync --frozen", "ruff check .", "mypy", "python -m pytest")]
+    assert order == sorted(order)
+    assert "constraints.txt" not in text and "pip install -e" not in text
 
 
 def test_dockerignore_keeps_secrets_and_state_out_of_the_build() -> None:
@@ -186,7 +235,8 @@ def test_no_secret_is_built_from_an_unchecked_command_substitution() -> None:
     # empty Secret is created. Scripts assign to a variable (checked) first.
     for path in BOOTSTRAP.glob("*.sh"):
         for number, line in enumerate(path.read_text().splitlines(), 1):
-            assert not re.search(r"--from-literal=[A-Za-z_]+=\"?\$\((?!date )", line), f"{path.name}:{number}: {line.strip()}"
+            unchecked = re.search(r"--from-literal=[A-Za-z_]+=\"?\$\((?!date )", line)
+            assert not unchecked, f"{path.name}:{number}: {line.strip()}"
 
 
 def _commands(text: str) -> list[tuple[int, str]]:

@@ -38,15 +38,15 @@ for var, value in (("GIT_AUTHOR_NAME", "bench"), ("GIT_AUTHOR_EMAIL", "bench@pri
                    ("GIT_COMMITTER_NAME", "bench"), ("GIT_COMMITTER_EMAIL", "bench@primer.invalid")):
     os.environ.setdefault(var, value)
 
-from tests.support import free_port, start_mlflow_server, stop_process  # noqa: E402
-from promotion import gitops  # noqa: E402
-from promotion.forge import forge_from_env  # noqa: E402
 from contract.names import PIN_PATH, POLICY_PATH, promotion_branch  # noqa: E402
 from contract.pin import PIN_TEMPLATE  # noqa: E402
+from promotion import gitops  # noqa: E402
+from promotion.forge import forge_from_env  # noqa: E402
 from promotion.policy import load_policy  # noqa: E402
 from promotion.propose import PromotionSettings, propose_from_evaluation  # noqa: E402
 from tests.promotion.conftest import Registry, make_evaluation  # noqa: E402
 from tests.promotion.fakeforge import FakeForge  # noqa: E402
+from tests.support import free_port, start_mlflow_server, stop_process  # noqa: E402
 
 
 def sh(*args: str, cwd: Path | None = None) -> None:
@@ -113,7 +113,8 @@ def main() -> int:
         remotes = {"tiny repo": tiny_remote(tmp), "this repo": project_remote(tmp)}
         for label, remote in remotes.items():
             rows[f"git: clone+branch+commit+push ({label})"] = [
-                timed(lambda i=i: gitops.push_pin_branch(str(remote), "main", f"bench/{i}", 1000 + i, "bench"))
+                timed(lambda i=i, remote=remote: gitops.push_pin_branch(str(remote), "main", f"bench/{i}", 1000 + i,
+                                                                         "bench"))
                 for i in range(args.runs)
             ]
         fc = forge_from_env({"PRIMER_FORGE": "gitea", "PRIMER_FORGE_URL": forge.url,
@@ -131,8 +132,8 @@ def main() -> int:
         for i in range(args.runs):
             v, run_id = new_version()
             e = make_evaluation(reg, v, run_id, 0.56 + i * 0.001, champion=(champ, 0.5))
-            new.append(timed(lambda: propose_from_evaluation(e, settings=settings, policy=policy, forge=fc)))
-            rerun.append(timed(lambda: propose_from_evaluation(e, settings=settings, policy=policy, forge=fc)))
+            new.append(timed(lambda e=e: propose_from_evaluation(e, settings=settings, policy=policy, forge=fc)))
+            rerun.append(timed(lambda e=e: propose_from_evaluation(e, settings=settings, policy=policy, forge=fc)))
         rows["propose_from_evaluation, new version (this repo)"] = new
         rows["propose_from_evaluation, re-run (reused)"] = rerun
         assert [p["head"]["ref"] for p in forge.open_prs() if p["head"]["ref"].startswith("promote/")] == \

@@ -42,8 +42,8 @@ import psutil
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.support import console_script, free_port, start_mlflow_server, stop_process, wait_http  # noqa: E402
 from contract.names import MODEL_NAME  # noqa: E402
+from tests.support import console_script, free_port, start_mlflow_server, stop_process, wait_http  # noqa: E402
 
 
 @dataclass
@@ -145,13 +145,14 @@ def main() -> int:
     try:
         # 1. MLflow + a version trained by the real pipeline.
         mport = free_port()
-        procs.append(start_mlflow_server(f"sqlite:///{tmp / 'mlflow.db'}", tmp / "artifacts", mport, tmp / "mlflow.log"))
+        procs.append(start_mlflow_server(f"sqlite:///{tmp / 'mlflow.db'}", tmp / "artifacts", mport,
+                                         tmp / "mlflow.log"))
         env["MLFLOW_TRACKING_URI"] = uri = f"http://127.0.0.1:{mport}"
         pin = tmp / "model-version.yaml"
         pin.write_text(f"model: {MODEL_NAME}\nversion: null\n")
         env["PRIMER_PIN_FILE"] = str(pin)
-        subprocess.run([console_script("primer"), "train", "--source", "synthetic", "--no-promote"], cwd=REPO_ROOT, env=env,
-                       check=True, capture_output=True)
+        subprocess.run([console_script("primer"), "train", "--source", "synthetic", "--no-promote"],
+                       cwd=REPO_ROOT, env=env, check=True, capture_output=True)
         from mlflow import MlflowClient
 
         version = max(int(v.version) for v in MlflowClient(uri).search_model_versions(f"name='{MODEL_NAME}'"))
@@ -163,7 +164,8 @@ def main() -> int:
         t0 = time.perf_counter()
         with open(tmp / "serve.log", "ab") as log:
             ours = subprocess.Popen(
-                [console_script("bentoml"), "serve", "bentos.service:PrimerService", "--host", "127.0.0.1", "--port", str(sport)],
+                [console_script("bentoml"), "serve", "bentos.service:PrimerService",
+                 "--host", "127.0.0.1", "--port", str(sport)],
                 cwd=REPO_ROOT, env=env_s, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         procs.append(ours)
@@ -193,8 +195,8 @@ def main() -> int:
         bport = free_port()
         with open(tmp / "mlflow-serve.log", "ab") as log:
             theirs = subprocess.Popen(
-                [console_script("mlflow"), "models", "serve", "-m", f"models:/{MODEL_NAME}/{version}", "--env-manager", "local",
-                 "-h", "127.0.0.1", "-p", str(bport)],
+                [console_script("mlflow"), "models", "serve", "-m", f"models:/{MODEL_NAME}/{version}",
+                 "--env-manager", "local", "-h", "127.0.0.1", "-p", str(bport)],
                 cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         procs.append(theirs)
@@ -209,7 +211,8 @@ def main() -> int:
         # 4. Load.
         targets = [
             ("c", "our /livez", f"http://127.0.0.1:{sport}/livez", None),
-            ("a", "our GET /predictionForTomorrow", f"http://127.0.0.1:{sport}/predictionForTomorrow?threshold=0.5", None),
+            ("a", "our GET /predictionForTomorrow",
+             f"http://127.0.0.1:{sport}/predictionForTomorrow?threshold=0.5", None),
             ("b", "mlflow POST /invocations", f"http://127.0.0.1:{bport}/invocations", body),
         ]
         runs: dict[str, list[Result]] = {"a": [], "b": [], "c": []}
@@ -224,7 +227,8 @@ def main() -> int:
         rss_loaded = tree_rss_mb(ours.pid)
         mean = lambda rs, f: sum(getattr(r, f) for r in rs) / len(rs)  # noqa: E731
         results = {
-            k: Result(rs[0].name, mean(rs, "rps"), mean(rs, "p50_ms"), mean(rs, "p99_ms"), sum(r.errors for r in rs), rs[0].tool)
+            k: Result(rs[0].name, mean(rs, "rps"), mean(rs, "p50_ms"), mean(rs, "p99_ms"),
+                      sum(r.errors for r in rs), rs[0].tool)
             for k, rs in runs.items()
         }
 

@@ -25,8 +25,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.support import free_port, start_mlflow_server, stop_process  # noqa: E402
 from ml.train import load_grid  # noqa: E402
+from tests.support import free_port, start_mlflow_server, stop_process  # noqa: E402
 
 TARGET_SECONDS = 20.0
 

@@ -23,8 +23,8 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.support import console_script, free_port  # noqa: E402
 from tests.repo_copy import copy_repo  # noqa: E402
+from tests.support import console_script, free_port  # noqa: E402
 
 TARGET_S = 60.0
 
@@ -36,7 +36,8 @@ def one_run(workdir: Path) -> tuple[float, float]:
     env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{mlflow_port}"
     url = f"http://127.0.0.1:{port}/predictionForTomorrow?threshold=0.5"
     start = time.monotonic()
-    proc = subprocess.Popen([console_script("primer"), "up", "--offline", "--mlflow-port", str(mlflow_port), "--port", str(port)],
+    proc = subprocess.Popen([console_script("primer"), "up", "--offline",
+                             "--mlflow-port", str(mlflow_port), "--port", str(port)],
                             cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first_200 = None
     try:
