@@ -20,20 +20,18 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from contract.evidence import METRICS
 from contract.names import MODEL_NAME
-from contract.pin import PinError, default_pin_path, parse_pin
+from contract.pin import PinError, parse_pin
 from contract.registry import public_uri
-from contract.registry import tracking_uri as configured_tracking_uri
+from contract.settings import ServingSettings, quiet_mlflow
 
 log = logging.getLogger("bentoml.primer")
 
@@ -41,41 +39,6 @@ log = logging.getLogger("bentoml.primer")
 # days are needed; 60 calendar days cover that across holidays.
 LOOKBACK_DAYS = 60
 MAX_BACKOFF_SECONDS = 30.0
-
-
-@dataclass(frozen=True)
-class Settings:
-    pin_file: Path
-    tracking_uri: str
-    data_source: str
-    pin_poll_seconds: float
-    feature_ttl_seconds: float
-
-    @classmethod
-    def from_env(cls) -> Settings:
-        return cls(
-            pin_file=default_pin_path(),  # PRIMER_PIN_FILE, else the repo's pin
-            tracking_uri=configured_tracking_uri(),  # MLFLOW_TRACKING_URI, else the local default
-            # ml.data.default_source()'s rule, re-stated: importing ml.data here would load pandas
-            # before the worker answers /livez (the model thread loads it in the background).
-            # An empty value (as a manifest may set) means unset; test_runtime checks they agree.
-            data_source=os.environ.get("PRIMER_DATA_SOURCE") or "yfinance",
-            pin_poll_seconds=_positive_float("PRIMER_PIN_POLL_SECONDS", 2.0),
-            feature_ttl_seconds=_positive_float("PRIMER_FEATURE_TTL_SECONDS", 3600.0),
-        )
-
-
-def _positive_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name}={raw!r} is not a number") from exc
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"{name}={raw!r} must be a positive finite number")
-    return value
 
 
 @dataclass(frozen=True)
@@ -130,33 +93,29 @@ def load_version(tracking_uri: str, version: int) -> LoadedModel:
     """
     # Our own loop retries with backoff; MLflow's long internal retries would
     # only hide an unreachable server for minutes.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-    import mlflow
+    quiet_mlflow(fail_fast=True)
     import pandas as pd
-    from mlflow import MlflowClient
 
-    from ml import tracking as registry  # the model contract: how the pipeline stored what we load
     from ml.features import FEATURE_COLUMNS
+    from ml.tracking import LATEST_FEATURES_ARTIFACT, Tracker  # how the pipeline stored what we load
 
-    client = MlflowClient(tracking_uri=tracking_uri)
-    mv = client.get_model_version(MODEL_NAME, str(version))
+    tracker = Tracker(tracking_uri)
+    mv = tracker.client.get_model_version(MODEL_NAME, str(version))
     if not mv.run_id:
         raise RuntimeError(f"models:/{MODEL_NAME}/{version} has no run id; cannot find its metrics and features")
-    run = client.get_run(mv.run_id)
-    mlflow.set_tracking_uri(tracking_uri)
-    estimator = registry.load_version(version)
+    run = tracker.client.get_run(mv.run_id)
+    estimator = tracker.load_version(version)
     if not hasattr(estimator, "predict_proba"):
         raise RuntimeError(f"models:/{MODEL_NAME}/{version} is a {type(estimator).__name__} without predict_proba")
     if 1 not in list(getattr(estimator, "classes_", [])):
         raise RuntimeError(f"models:/{MODEL_NAME}/{version} was not trained with label 1 (classes {getattr(estimator, 'classes_', None)})")
     stored_row, stored_as_of = None, None
     try:
-        stored = registry.latest_features(mv.run_id)
+        stored = tracker.latest_features(mv.run_id)
         stored_as_of = date.fromisoformat(stored["as_of"])
         stored_row = pd.DataFrame([{c: float(stored["features"][c]) for c in FEATURE_COLUMNS}], columns=list(FEATURE_COLUMNS))
     except Exception as exc:  # the model still serves fresh data; only the fallback is missing
-        log.warning("v%s: no usable %s in run %s (%s); no stale fallback", version, registry.LATEST_FEATURES_ARTIFACT,
+        log.warning("v%s: no usable %s in run %s (%s); no stale fallback", version, LATEST_FEATURES_ARTIFACT,
                     mv.run_id, exc)
     model = LoadedModel(
         version=version,
@@ -193,7 +152,7 @@ def _short(exc: BaseException) -> str:
 
 @dataclass
 class Runtime:
-    settings: Settings
+    settings: ServingSettings
     loader: Callable[[str, int], LoadedModel] = load_version
     fetcher: Callable[[str, date], tuple[Any, date]] = fetch_tomorrow_row
     # Published state: each is replaced as a whole, never mutated, so readers need no lock.
@@ -238,7 +197,9 @@ class Runtime:
 
     def check_pin(self) -> None:
         """Re-read the pin when its content changed (a ConfigMap swaps a symlink; mtime alone is not enough)."""
-        path = self.settings.pin_file
+        if self._pin_seen and not self.settings.pin_watch:
+            return  # read once: in the cluster a new pin rolls new pods instead
+        path = self.settings.pin_path()
         try:
             text: str | None = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:  # unreadable, or not text: reported, old model kept
@@ -338,7 +299,7 @@ class Runtime:
     def refresh_features(self) -> bool:
         today = datetime.now(UTC).date()
         try:
-            frame, as_of = self.fetcher(self.settings.data_source, today)
+            frame, as_of = self.fetcher(self.settings.data_spec(), today)
         except Exception as exc:
             self._status.feature_error = f"fetching prices from {self.settings.data_source!r} failed: {_short(exc)}"
             log.warning("%s; serving the last known feature row (stale)", self._status.feature_error)
@@ -392,7 +353,7 @@ class Runtime:
             "loaded_at": model.loaded_at if model else None,
             "ready": model is not None,
             "last_error": "; ".join(errors) if errors else None,
-            "pin_source": str(self.settings.pin_file),
+            "pin_source": str(self.settings.pin_path()),
             "pinned_version": str(st.pin_version) if st.pin_version is not None else None,
             "tracking_uri": public_uri(self.settings.tracking_uri),  # /model is public
             "data_source": self.settings.data_source,

@@ -28,7 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from bentos.runtime import Answer, Runtime, Settings, log
+from bentos.runtime import Answer, Runtime, log
 from contract.names import CHAMPION_ALIAS, MODEL_NAME
 
 DEFAULT_THRESHOLD = 0.5
@@ -224,7 +224,9 @@ class PrimerService:
             labelnames=("model_version", "route"),
         )
         self._counters: dict[tuple[str, str], Any] = {}
-        self.runtime = Runtime(Settings.from_env())
+        from contract.settings import ServingSettings
+
+        self.runtime = Runtime(ServingSettings.load())
         self.runtime.start()  # returns at once; loading happens in the background
 
     def count_prediction(self, version: str, route: str = "predictionForTomorrow", n: int = 1) -> None:

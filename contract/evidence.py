@@ -6,8 +6,10 @@ import ``ml``. Plain frozen dataclasses: easy to build, compare and render.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, fields
 from datetime import date
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -64,3 +66,18 @@ class Evaluation:
             return None
         pick = min if metric in LOWER_IS_BETTER else max
         return pick(scored, key=lambda nv: nv[1])
+
+
+# The one serialisation of an Evaluation: logged as ``evaluation.json`` on the pipeline's
+# parent run, read back by the promotion step to retry a failed proposal.
+def evaluation_to_dict(e: Evaluation) -> dict[str, Any]:
+    return dict(json.loads(json.dumps(asdict(e), default=str)))
+
+
+def evaluation_from_dict(d: dict[str, Any]) -> Evaluation:
+    d = dict(d)
+    d["eval_start"], d["eval_end"] = date.fromisoformat(d["eval_start"]), date.fromisoformat(d["eval_end"])
+    d["challenger"] = Scores(**d["challenger"])
+    d["champion"] = Scores(**d["champion"]) if d.get("champion") else None
+    d["baselines"] = {k: Scores(**s) for k, s in (d.get("baselines") or {}).items()}
+    return Evaluation(**d)

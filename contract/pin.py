@@ -6,18 +6,18 @@ the first promotion). Anything else is rejected with a message naming the field.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from contract.names import MODEL_NAME, PIN_PATH
+from contract.errors import PrimerError
+from contract.names import MODEL_NAME
 
 ALLOWED_KEYS = ("model", "version")
 
 
-class PinError(ValueError):
+class PinError(PrimerError, ValueError):
     """The pin file is missing or malformed; the message names the problem."""
 
 
@@ -69,24 +69,6 @@ def read_pin(path: str | Path) -> Pin:
     except UnicodeDecodeError as exc:
         raise PinError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     return parse_pin(text, str(path))
-
-
-def repo_root() -> Path:
-    """The repository the CLI works on: ``PRIMER_REPO_DIR``, else the git top level of the cwd, else the cwd."""
-    env = os.environ.get("PRIMER_REPO_DIR")
-    if env:
-        return Path(env).resolve()
-    here = Path.cwd().resolve()
-    for cand in (here, *here.parents):
-        if (cand / ".git").exists():
-            return cand
-    return here
-
-
-def default_pin_path() -> Path:
-    """``PRIMER_PIN_FILE`` if set, else ``<repo>/promotion/model-version.yaml``."""
-    env = os.environ.get("PRIMER_PIN_FILE")
-    return Path(env) if env else repo_root() / PIN_PATH
 
 
 # Written when the pin file does not exist yet; the comment is the human's manual.

@@ -7,34 +7,29 @@ exists because MlflowClient retries a dead server for minutes; a CLI should say
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from contract.names import (
-    CHALLENGER_ALIAS, CHAMPION_ALIAS, DEFAULT_TRACKING_URI, MODEL_NAME, PromotionStatus, Tag,
-)
+from contract.errors import PrimerError
+from contract.names import CHALLENGER_ALIAS, CHAMPION_ALIAS, MODEL_NAME, PromotionStatus, Tag
 
 if TYPE_CHECKING:  # MLflow is imported lazily: `primer --help` and `pin check` stay fast
     from mlflow.entities.model_registry import ModelVersion
     from mlflow.tracking import MlflowClient
 
 
-class RegistryUnreachable(RuntimeError):
+class RegistryUnreachable(PrimerError):
     """MLflow did not answer; the message says where we looked, ``reason`` what went wrong."""
+
+    exit_code = 3  # the CLI's "could not ask" status
 
     def __init__(self, uri: str, reason: str) -> None:
         super().__init__(f"MLflow at {public_uri(uri)} is unreachable ({reason})")
         self.uri = uri
         self.reason = reason
-
-
-def tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI``, else the local server ``primer up`` starts."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
 def public_uri(uri: str) -> str:
@@ -57,10 +52,11 @@ def probe(uri: str, timeout: float = 3.0) -> None:
         raise RegistryUnreachable(uri, f"HTTP {r.status_code} on /health")
 
 
-def client(uri: str | None = None) -> MlflowClient:
+def client(uri: str) -> MlflowClient:
+    """An explicit client for the server at ``uri`` (tracking and registry): no process-global URI."""
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri or tracking_uri())
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def _not_found(exc: Exception) -> bool:

@@ -10,7 +10,7 @@ date. Sources are selected by a spec string (``PRIMER_DATA_SOURCE`` or
 - ``csv:PATH``: a CSV file with columns date, open, high, low, close, volume
   in any letter case (extra columns are ignored).
 - ``synthetic`` / ``synthetic:SEED``: a seeded generator of realistic daily
-  bars for tests and offline runs (seed from ``PRIMER_SYNTHETIC_SEED``, default 42).
+  bars for tests and offline runs (``seed`` when the spec names none: ``PRIMER_SYNTHETIC_SEED``).
 
 Loaders do not judge the data: a CSV with a missing column or a NaN close is
 returned as it is, and ``ml.validate`` names what is wrong with it.
@@ -19,7 +19,6 @@ returned as it is, and ``ml.validate`` names what is wrong with it.
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +29,8 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 from tenacity import RetryError, retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from contract.errors import PrimerError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ YAHOO_ATTEMPTS = 4
 MARKET_CLOSE_SETTLED = time(16, 30)
 
 
-class DataSourceError(RuntimeError):
+class DataSourceError(PrimerError):
     """A source could not deliver data (bad spec, missing file, Yahoo failure)."""
 
 
@@ -82,24 +83,16 @@ def parse_spec(spec: str) -> SourceSpec:
     )
 
 
-def default_source() -> str:
-    """``PRIMER_DATA_SOURCE``, else yfinance (an empty value, as a manifest may set, counts as unset)."""
-    return os.environ.get("PRIMER_DATA_SOURCE") or "yfinance"
+def load_prices(
+    spec: str, *, end: date | None = None, start: date | None = None, seed: int = DEFAULT_SEED
+) -> pd.DataFrame:
+    """Daily bars from the source ``spec``, limited to ``start <= date <= end`` when given.
 
-
-def _env_seed() -> int:
-    text = os.environ.get("PRIMER_SYNTHETIC_SEED") or str(DEFAULT_SEED)
-    try:
-        return int(text)
-    except ValueError:
-        raise DataSourceError(f"PRIMER_SYNTHETIC_SEED must be an integer, got {text!r}") from None
-
-
-def load_prices(spec: str, *, end: date | None = None, start: date | None = None) -> pd.DataFrame:
-    """Daily bars from the source ``spec``, limited to ``start <= date <= end`` when given."""
+    ``seed`` is the synthetic generator's seed when the spec names none (``synthetic``).
+    """
     parsed = parse_spec(spec)
     if parsed.kind == "synthetic":
-        seed = int(parsed.arg) if parsed.arg is not None else _env_seed()
+        seed = int(parsed.arg) if parsed.arg is not None else seed
         frame = synthetic_prices(seed=seed, end=end or date.today())
     elif parsed.kind == "csv":
         frame = csv_prices(Path(parsed.arg or ""))

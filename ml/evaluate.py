@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, brier_score_loss, log_loss, roc_auc_score
 
+from contract.errors import PrimerError
+from contract.evidence import METRICS, Scores, improvement
 from ml.features import LABEL, labeled
 from ml.train import predict_up
-from contract.evidence import METRICS, Scores, improvement
 
 MIN_EVAL_DAYS = 60
 DEFAULT_EVAL_DAYS = 60
@@ -30,7 +31,7 @@ MIN_TRAIN_ROWS = 250  # about one trading year
 BASELINES = ("always_up", "train_majority", "yesterday_direction")
 
 
-class WindowError(ValueError):
+class WindowError(PrimerError, ValueError):
     """Not enough labelled rows for the requested windows."""
 
 
@@ -148,3 +149,20 @@ def metrics_dict(scores: Scores, prefix: str = "") -> dict[str, float]:
         if value is not None and not (isinstance(value, float) and math.isnan(value)):
             out[prefix + key] = float(value)
     return out
+
+
+def score_champion(model: Any, trained_before: str, windows: Windows) -> tuple[Scores, str | None]:
+    """The pinned champion re-scored on this run's own evaluation window, and a warning if unfair.
+
+    ``trained_before`` is the champion's own ``eval_start`` tag: it was fitted on rows
+    before that date. If that is later than this window's start (an earlier ``--anchor``,
+    a restarted replay clock) it has seen part of this window: its scores are in-sample,
+    optimistic. The gate stays safe (the bar only rises) but the comparison is not like
+    for like, so the warning says so.
+    """
+    scores, _ = score_model(model, windows.eval)
+    warning = None
+    if trained_before > windows.eval_start.isoformat():
+        warning = (f"was trained on rows before {trained_before}, inside this run's evaluation window "
+                   f"{windows.eval_start}..{windows.eval_end}: its scores are optimistic")
+    return scores, warning

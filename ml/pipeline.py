@@ -1,17 +1,18 @@
-"""The training pipeline, one run: ingest -> validate -> features -> train -> evaluate -> register -> propose.
+"""The training pipeline, one run, as stage functions that return values:
 
-``run_pipeline(config)`` does the work and returns a :class:`PipelineResult`;
-``primer train`` (``primer.train_command``) is a thin wrapper that prints progress.
-Nothing touches MLflow before the data passed validation, so bad data never
-leaves a run or a model version behind.
+    prepare_data -> build_dataset -> fit_candidates -> select_best -> track_run
+    -> rescore_champion -> register_best -> build_evaluation -> propose
+
+``run_pipeline(config)`` strings them together and returns a :class:`PipelineResult`;
+``primer train`` (``primer.train_command``) prints its progress. Nothing touches MLflow
+before the data passed validation and every candidate was fitted, so bad data never
+leaves a run or a model version behind; a run that fails later is marked FAILED.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -23,64 +24,87 @@ from typing import Any
 
 import pandas as pd
 
+from contract.errors import PrimerError
+from contract.evidence import Evaluation, Scores, evaluation_to_dict
+from contract.names import MODEL_NAME, Tag
+from contract.pin import PinError, read_pin
+from contract.registry import public_uri
+from contract.settings import TrainSettings
 from ml import data as data_mod
+from ml import plots
 from ml.evaluate import (
-    DEFAULT_EVAL_DAYS,
-    MIN_EVAL_DAYS,
-    MIN_TRAIN_ROWS,
-    Windows,
-    better,
-    metrics_dict,
-    score_baselines,
-    score_model,
-    split_validation,
-    split_windows,
+    MIN_EVAL_DAYS, MIN_TRAIN_ROWS, Windows, better, metrics_dict, score_baselines, score_champion, score_model,
+    split_validation, split_windows,
 )
 from ml.features import FEATURE_COLUMNS, LABEL, WARMUP_ROWS, build_features, tomorrow_row
-from ml.replay import clock_from_env, mode_from_env
-from ml.train import Grid, fit, load_grid
+from ml.replay import clock_from_settings
+from ml.tracking import EVALUATION_ARTIFACT, Tracker, git_sha
+from ml.train import Candidate, Grid, fit, load_grid
 from ml.validate import Rules, validate_prices
-from contract.evidence import Evaluation, Scores
-from contract.names import MODEL_NAME, Tag
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TRAIN_YEARS = 10.0
 TRADING_DAYS_PER_YEAR = 252
 
 Echo = Callable[[str], None]
 
 
-class PipelineError(RuntimeError):
+class PipelineError(PrimerError):
     """The run stopped for a reason the operator can act on (message says which)."""
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    source: str
+    """One run: the settings read at start-up plus what the command line asked for."""
+
+    settings: TrainSettings
     anchor: date | None = None  # None: live mode -> today, replay mode -> the replay clock
-    eval_days: int = DEFAULT_EVAL_DAYS
-    train_years: float = DEFAULT_TRAIN_YEARS
     promote: bool = True
-    mode: str = "live"  # live | replay
-    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI or http://127.0.0.1:5000
-    candidates_file: Path | None = None  # None: PRIMER_CANDIDATES_FILE or the packaged grid
-    pin_file: Path | None = None  # None: contract.pin.default_pin_path()
     now: datetime | None = None  # the replay clock's "now" (tests)
 
     @property
+    def source(self) -> str:
+        return self.settings.data_source
+
+    @property
     def train_rows(self) -> int:
-        return max(MIN_TRAIN_ROWS, int(round(self.train_years * TRADING_DAYS_PER_YEAR)))
+        return max(MIN_TRAIN_ROWS, int(round(self.settings.train_years * TRADING_DAYS_PER_YEAR)))
+
+    @property
+    def rows_needed(self) -> int:
+        """Warm-up + training + evaluation rows: the row budget of a run, in one place."""
+        return self.train_rows + self.settings.eval_days + WARMUP_ROWS
+
+    @property
+    def calendar_span(self) -> timedelta:
+        """Calendar days holding :attr:`rows_needed` trading days, with room for holidays."""
+        return timedelta(days=math.ceil(self.rows_needed * 365.25 / TRADING_DAYS_PER_YEAR) + 60)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    windows: Windows
+    next_row: pd.DataFrame  # the feature row that predicts the day after the anchor
+    as_of: date
 
 
 @dataclass
 class CandidateResult:
     name: str
     family: str
-    run_id: str
     scores: Scores  # on the evaluation window (fitted on the whole training window)
-    seconds: float
     val_scores: Scores  # on the validation window (fitted on the training window before it)
+    seconds: float
+    params: dict[str, Any] = field(default_factory=dict)
+    model: Any = None
+    p_up: pd.Series | None = None  # on the evaluation window
+    run_id: str = ""  # set once tracked
+
+
+@dataclass(frozen=True)
+class Champion:
+    version: int | None  # what the pin names (None: nothing pinned)
+    scores: Scores | None  # None when nothing is pinned or it could not be loaded/scored
 
 
 @dataclass
@@ -93,29 +117,6 @@ class PipelineResult:
     rows: int
     timings: dict[str, float] = field(default_factory=dict)
     proposal: Any = None  # promotion.propose.ProposalOutcome when the promotion step ran
-
-
-def config_from_env(**overrides: Any) -> PipelineConfig:
-    """Defaults from the environment (PRIMER_DATA_SOURCE, PRIMER_EVAL_DAYS, PRIMER_TRAIN_YEARS, PRIMER_MODE)."""
-    values: dict[str, Any] = {
-        "source": data_mod.default_source(),
-        "eval_days": _number_env("PRIMER_EVAL_DAYS", DEFAULT_EVAL_DAYS, int),
-        "train_years": _number_env("PRIMER_TRAIN_YEARS", DEFAULT_TRAIN_YEARS, float),
-        "mode": mode_from_env(),
-    }
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return PipelineConfig(**values)
-
-
-def _number_env(name: str, default: float, cast: type[int] | type[float]) -> Any:
-    """``cast(os.environ[name])``, ``default`` when unset or empty; PipelineError naming the variable."""
-    text = os.environ.get(name)
-    if not text:
-        return default
-    try:
-        return cast(text)
-    except ValueError:
-        raise PipelineError(f"{name} must be {'an integer' if cast is int else 'a number'}, got {text!r}") from None
 
 
 class _Stages:
@@ -133,53 +134,55 @@ class _Stages:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
 
 
-def _fmt(scores: Scores | None) -> str:
+def fmt_scores(scores: Scores | None) -> str:
     if scores is None:
         return "unavailable"
     auc = "n/a" if scores.roc_auc is None else f"{scores.roc_auc:.3f}"
-    return (
-        f"acc {scores.accuracy:.3f}  bal_acc {scores.balanced_accuracy:.3f}  auc {auc}  "
-        f"log_loss {scores.log_loss:.4f}  brier {scores.brier:.4f}"
-    )
+    return (f"acc {scores.accuracy:.3f}  bal_acc {scores.balanced_accuracy:.3f}  auc {auc}  "
+            f"log_loss {scores.log_loss:.4f}  brier {scores.brier:.4f}")
 
 
-def _load_window(config: PipelineConfig, echo: Echo) -> tuple[pd.DataFrame, date, bool]:
-    """Load the bars the run may see. Returns (frame, end date asked for, anchor explicit?)."""
-    today = date.today()
+# ---------------------------------------------------------------- data + validate
+
+
+def _visible_end(config: PipelineConfig) -> date:
+    """The last date the run may ask a source for."""
     if config.anchor is not None:
-        end = config.anchor
-    elif config.mode == "replay":
-        clock = clock_from_env()
-        end = min(today, clock.load_until(config.now))
-    else:
-        end = today
-    span = _calendar_span(config)
+        return config.anchor
+    if config.settings.mode == "replay":
+        return min(date.today(), clock_from_settings(config.settings).load_until(config.now))
+    return date.today()
+
+
+def _load_window(config: PipelineConfig, echo: Echo) -> tuple[pd.DataFrame, date]:
+    """The bars the run may see, and the end date asked for (the replay anchor in replay mode)."""
+    end = _visible_end(config)
+    span = config.calendar_span
     # Only Yahoo is asked for less: files and the generator are cheap to read whole.
     start = end - span if data_mod.parse_spec(config.source).kind == "yfinance" else None
     try:
-        prices = data_mod.load_prices(config.source, start=start, end=end)
+        prices = data_mod.load_prices(config.source, start=start, end=end, seed=config.settings.synthetic_seed)
     except data_mod.DataSourceError as exc:
         raise PipelineError(str(exc)) from exc
-    if config.mode == "replay" and config.anchor is None and "date" in prices.columns and len(prices):
-        clock = clock_from_env()
-        anchor = clock.anchor(prices["date"], config.now)
+    if config.settings.mode == "replay" and config.anchor is None and "date" in prices.columns and len(prices):
+        clock = clock_from_settings(config.settings)
+        end = clock.anchor(prices["date"], config.now)
         echo(f"[replay] {clock.steps(config.now)} step(s) of {clock.interval_seconds:.0f}s since "
-             f"{clock.epoch.isoformat()} from {clock.start} -> anchor {anchor}")
-        prices = prices.loc[~(prices["date"] > pd.Timestamp(anchor))].reset_index(drop=True)
-        end = anchor
-    # Keep the bars within reach of the training + evaluation windows, measured back from the
-    # last bar (not from `end`), so stale data still reaches validation and fails "freshness".
+             f"{clock.epoch.isoformat()} from {clock.start} -> anchor {end}")
+        prices = prices.loc[~(prices["date"] > pd.Timestamp(end))].reset_index(drop=True)
+    # Keep the bars within reach of the windows, measured back from the last bar (not from
+    # `end`), so stale data still reaches validation and fails "freshness".
     if "date" in prices.columns and len(prices):
         dates = pd.to_datetime(prices["date"], errors="coerce")
         if dates.notna().any():
             prices = prices.loc[~(dates < dates.max() - span)].reset_index(drop=True)
-    return prices, end, config.anchor is not None
+    return prices, end
 
 
-def _calendar_span(config: PipelineConfig) -> timedelta:
-    """Calendar days holding warm-up + training + evaluation rows, with room for holidays."""
-    rows_needed = config.train_rows + config.eval_days + WARMUP_ROWS
-    return timedelta(days=math.ceil(rows_needed * 365.25 / TRADING_DAYS_PER_YEAR) + 60)
+def _check_windows(config: PipelineConfig) -> None:
+    if config.settings.eval_days < MIN_EVAL_DAYS:
+        raise PipelineError(f"--eval-days {config.settings.eval_days} is too small; "
+                            f"the minimum is {MIN_EVAL_DAYS} trading days")
 
 
 def prepare_data(config: PipelineConfig, echo: Echo = print) -> tuple[pd.DataFrame, date]:
@@ -187,257 +190,292 @@ def prepare_data(config: PipelineConfig, echo: Echo = print) -> tuple[pd.DataFra
 
     Raises ``ml.validate.ValidationError`` or :class:`PipelineError`; touches no MLflow state.
     """
-    if config.eval_days < MIN_EVAL_DAYS:
-        raise PipelineError(f"--eval-days {config.eval_days} is too small; the minimum is {MIN_EVAL_DAYS} trading days")
-    if not math.isfinite(config.train_years) or config.train_years <= 0:  # nan/inf parse as floats
-        raise PipelineError(f"--train-years (PRIMER_TRAIN_YEARS) must be a positive number, got {config.train_years}")
-    prices, end, explicit = _load_window(config, echo)
+    _check_windows(config)
+    prices, end = _load_window(config, echo)
     echo(f"[data] source {config.source}: {len(prices)} rows loaded up to {end}")
-    rules = Rules(min_rows=MIN_TRAIN_ROWS + config.eval_days + WARMUP_ROWS)
+    rules = Rules(min_rows=MIN_TRAIN_ROWS + config.settings.eval_days + WARMUP_ROWS)
     # Freshness only means something live; with an explicit anchor the bars must reach the anchor.
-    live = config.mode == "live"
-    prices = validate_prices(prices, rules=rules, live=live, today=end if explicit else None)
-    rows_used = config.train_rows + config.eval_days + WARMUP_ROWS
-    prices = prices.iloc[-rows_used:].reset_index(drop=True)
+    live = config.settings.mode == "live"
+    prices = validate_prices(prices, rules=rules, live=live, today=end if config.anchor is not None else None)
+    prices = prices.iloc[-config.rows_needed:].reset_index(drop=True)
     anchor = prices["date"].iloc[-1].date()
     echo(f"[validate] ok: {len(prices)} rows used, {prices['date'].iloc[0].date()} .. {anchor} (anchor {anchor})")
     return prices, anchor
 
 
-def _champion(pin_file: Path | None, echo: Echo) -> int | None:
-    from contract.pin import PinError, default_pin_path, read_pin
+# ---------------------------------------------------------------- features + train
 
-    path = pin_file or default_pin_path()
+
+def build_dataset(prices: pd.DataFrame, config: PipelineConfig, echo: Echo = print) -> Dataset:
     try:
-        pin = read_pin(path)
+        windows = split_windows(build_features(prices), config.settings.eval_days, config.train_rows)
+    except ValueError as exc:
+        raise PipelineError(str(exc)) from exc
+    next_row, as_of = tomorrow_row(prices)
+    echo(f"[features] {len(FEATURE_COLUMNS)} features; train {len(windows.train)} rows "
+         f"{windows.train_start}..{windows.train_end}; eval {len(windows.eval)} rows "
+         f"{windows.eval_start}..{windows.eval_end}; next-day row as of {as_of}")
+    return Dataset(windows, next_row, as_of)
+
+
+def fit_candidate(cand: Candidate, windows: Windows, fit_part: pd.DataFrame, val_part: pd.DataFrame) -> CandidateResult:
+    """Score on the validation window (fit before it), then refit on the whole training window."""
+    t0 = time.perf_counter()
+    try:
+        val_scores, _ = score_model(fit(cand, fit_part), val_part)
+        model = fit(cand, windows.train)
+    except ValueError as exc:  # e.g. a window holding one class: the data, not a bug
+        raise PipelineError(f"cannot train candidate {cand.name}: {exc}; nothing was registered") from exc
+    scores, p_up = score_model(model, windows.eval)
+    return CandidateResult(cand.name, cand.family, scores, val_scores, time.perf_counter() - t0,
+                           dict(cand.params), model, p_up)
+
+
+def fit_candidates(grid: Grid, windows: Windows, echo: Echo = print) -> list[CandidateResult]:
+    fit_part, val_part = split_validation(windows.train, grid.validation_days)
+    echo(f"[train] selection: fit on {len(fit_part)} rows, validate on {len(val_part)} rows "
+         f"{val_part.index[0].date()}..{val_part.index[-1].date()}; then refit on all {len(windows.train)} "
+         f"training rows and score on the evaluation window")
+    results = []
+    for cand in grid.candidates:
+        result = fit_candidate(cand, windows, fit_part, val_part)
+        v = result.val_scores.get(grid.select_by)
+        echo(f"[candidate] {cand.name:<20} eval: {fmt_scores(result.scores)} | validation {grid.select_by} "
+             f"{'n/a' if v is None else f'{v:.4f}'}  ({result.seconds:.1f}s)")
+        results.append(result)
+    return results
+
+
+def select_best(results: list[CandidateResult], select_by: str) -> CandidateResult:
+    """Chosen on the validation window, so the evaluation scores stay out-of-sample."""
+    best = results[0]
+    for r in results[1:]:
+        if better(r.val_scores, best.val_scores, select_by):
+            best = r
+    return best
+
+
+# ---------------------------------------------------------------- MLflow
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every run of this training shares in MLflow."""
+
+    tracker: Tracker
+    experiment_id: str
+    tags: dict[str, str]
+    baseline_metrics: dict[str, float]
+
+
+def _parent_params(config: PipelineConfig, anchor: date, windows: Windows, grid: Grid) -> dict[str, Any]:
+    return {
+        "data_source": config.source, "anchor": anchor.isoformat(), "mode": config.settings.mode,
+        "eval_days": config.settings.eval_days, "train_rows": len(windows.train),
+        "train_start": windows.train_start.isoformat(), "train_end": windows.train_end.isoformat(),
+        "eval_start": windows.eval_start.isoformat(), "eval_end": windows.eval_end.isoformat(),
+        "candidates_file": grid.source, "select_by": grid.select_by, "validation_days": grid.validation_days,
+    }
+
+
+def _log_candidate(ctx: RunContext, parent_id: str, result: CandidateResult, train_rows: int) -> None:
+    tags = {**ctx.tags, "candidate": result.name, "family": result.family}
+    result.run_id = ctx.tracker.start_run(ctx.experiment_id, result.name, tags, parent=parent_id)
+    ctx.tracker.log(
+        result.run_id,
+        params={"candidate": result.name, "family": result.family,
+                **{f"model_{k}": v for k, v in result.params.items()}},
+        metrics={**metrics_dict(result.scores), **metrics_dict(result.val_scores, prefix="val_"),
+                 **ctx.baseline_metrics, "train_rows": float(train_rows)},
+    )
+
+
+def _log_selected(ctx: RunContext, best: CandidateResult, dataset: Dataset) -> str:
+    """The winner's run gets the model, the next-day feature row and the plots; returns the model URI."""
+    tracker, windows = ctx.tracker, dataset.windows
+    model_uri = tracker.log_model(best.run_id, best.model, windows.train)
+    tracker.log_latest_features(best.run_id, dataset.next_row, dataset.as_of)
+    assert best.p_up is not None
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = plots.save_plots(windows.eval[LABEL], best.p_up, Path(tmp), title=best.name)
+        tracker.log_files(best.run_id, paths, "plots")
+    tracker.log(best.run_id, tags={"selected": "true"})
+    return model_uri
+
+
+def track_run(ctx: RunContext, parent_id: str, results: list[CandidateResult], best: CandidateResult,
+              dataset: Dataset) -> str:
+    """Log every candidate as a nested run and the winner's model; returns the model URI."""
+    for result in results:
+        _log_candidate(ctx, parent_id, result, len(dataset.windows.train))
+    model_uri = _log_selected(ctx, best, dataset)
+    for result in results:
+        ctx.tracker.end_run(result.run_id)
+    return model_uri
+
+
+def rescore_champion(tracker: Tracker, pin_file: Path, windows: Windows, echo: Echo) -> Champion:
+    """The pinned version re-scored on this run's window (evaluate.score_champion).
+
+    A missing or unreadable pin counts as nothing pinned; a champion that cannot be loaded
+    or scored gives ``Champion(version, None)`` ("pinned but unavailable"), which the gate
+    tells apart from "nothing pinned yet".
+    """
+    try:
+        version = read_pin(pin_file).version
     except PinError as exc:
         echo(f"WARNING: cannot read the pin ({exc}); no champion to compare against")
-        return None
-    return pin.version
-
-
-def _score_champion(version: int, windows: Windows, echo: Echo) -> Scores | None:
-    """Re-score the pinned version on this run's own evaluation window.
-
-    If it cannot be loaded or scored, warn and return None: the Evaluation then
-    carries champion_version with champion=None ("pinned but unavailable"),
-    which the promotion gate can tell apart from "nothing pinned yet".
-    """
-    from ml.tracking import load_version, version_tags
-
+        return Champion(None, None)
+    if version is None:
+        return Champion(None, None)
     try:
-        model = load_version(version)
-        scores, _ = score_model(model, windows.eval)
-        seen_until = version_tags(version).get(Tag.EVAL_START.value, "")
+        model = tracker.load_version(version)
+        trained_before = tracker.version_tags(version).get(Tag.EVAL_START.value, "")
+        scores, warning = score_champion(model, trained_before, windows)
     except Exception as exc:  # noqa: BLE001 - any failure means "cannot compare"; say why
         echo(f"WARNING: champion {MODEL_NAME} v{version} could not be loaded/scored: {type(exc).__name__}: {exc}")
-        return None
-    # The champion was fitted on rows before its own eval_start. If that is later than this
-    # window's start (an earlier --anchor, a restarted replay clock), it has seen part of
-    # this window: its scores are in-sample, optimistic. The gate stays safe (the bar only
-    # rises) but the comparison is not like for like, so say so.
-    if seen_until > windows.eval_start.isoformat():
-        echo(f"WARNING: champion {MODEL_NAME} v{version} was trained on rows before {seen_until}, inside this "
-             f"run's evaluation window {windows.eval_start}..{windows.eval_end}: its scores are optimistic")
-    return scores
+        return Champion(version, None)
+    if warning:
+        echo(f"WARNING: champion {MODEL_NAME} v{version} {warning}")
+    return Champion(version, scores)
+
+
+def build_evaluation(ctx: RunContext, config: PipelineConfig, *, parent_id: str, version: int,
+                     best: CandidateResult, windows: Windows, baselines: dict[str, Scores],
+                     champion: Champion) -> Evaluation:
+    return Evaluation(
+        model_name=MODEL_NAME, challenger_version=version, challenger_run_id=best.run_id,
+        challenger_candidate=best.name, parent_run_id=parent_id, experiment_id=ctx.experiment_id,
+        tracking_uri=ctx.tracker.uri, eval_start=windows.eval_start, eval_end=windows.eval_end,
+        eval_days=len(windows.eval), challenger=best.scores, data_source=config.source, baselines=baselines,
+        champion_version=champion.version, champion=champion.scores,
+    )
+
+
+# ---------------------------------------------------------------- the run
+
+
+def _connect(config: PipelineConfig) -> Tracker:
+    try:
+        return Tracker.connect(config.settings.tracking_uri)
+    except PrimerError as exc:
+        raise PipelineError(str(exc)) from exc
+
+
+def _load_grid(config: PipelineConfig) -> Grid:
+    try:
+        return load_grid(config.settings.candidates_file)
+    except ValueError as exc:
+        raise PipelineError(str(exc)) from exc
+
+
+def _finish(ctx: RunContext, config: PipelineConfig, parent_id: str, select_by: str, results: list[CandidateResult],
+            dataset: Dataset, baselines: dict[str, Scores], stages: _Stages, echo: Echo) -> Evaluation:
+    """Everything after training, inside the parent run: track, champion, register, evidence."""
+    tracker, windows = ctx.tracker, dataset.windows
+    best = select_best(results, select_by)
+    echo(f"[select] best by validation {select_by}: {best.name}")
+    with stages("log-model"):
+        model_uri = track_run(ctx, parent_id, results, best, dataset)
+    with stages("champion"):
+        champion = rescore_champion(tracker, config.settings.pin_path(), windows, echo)
+    _report_champion(ctx, parent_id, champion, echo)
+    with stages("register"):
+        version = tracker.register(model_uri, best.run_id, {
+            Tag.EVAL_START.value: windows.eval_start.isoformat(), Tag.EVAL_END.value: windows.eval_end.isoformat(),
+            Tag.DATA_SOURCE.value: config.source, Tag.GIT_SHA.value: ctx.tags[Tag.GIT_SHA.value],
+        })
+    evaluation = build_evaluation(ctx, config, parent_id=parent_id, version=version, best=best,
+                                  windows=windows, baselines=baselines, champion=champion)
+    tracker.log(parent_id, metrics=metrics_dict(best.scores, prefix="challenger_"),
+                tags={"challenger_version": str(version), "challenger_candidate": best.name})
+    tracker.log_dict(parent_id, evaluation_to_dict(evaluation), EVALUATION_ARTIFACT)
+    echo(f"[register] {MODEL_NAME} v{version} (candidate {best.name}, run {best.run_id}), alias challenger")
+    return evaluation
+
+
+def _report_champion(ctx: RunContext, parent_id: str, champion: Champion, echo: Echo) -> None:
+    if champion.version is None:
+        echo("[champion] none pinned yet")
+        return
+    echo(f"[champion] v{champion.version} on the same window: {fmt_scores(champion.scores)}")
+    metrics = metrics_dict(champion.scores, prefix="champion_") if champion.scores is not None else {}
+    ctx.tracker.log(parent_id, metrics=metrics, tags={"champion_version": str(champion.version)})
+
+
+def _open_run(config: PipelineConfig, prices: pd.DataFrame, anchor: date, dataset: Dataset, grid: Grid,
+              baselines: dict[str, Scores], echo: Echo) -> tuple[RunContext, str]:
+    tracker = _connect(config)
+    experiment_id = tracker.experiment_id()
+    echo(f"[mlflow] {public_uri(tracker.uri)} experiment {experiment_id}")
+    tags = {"anchor": anchor.isoformat(), Tag.DATA_SOURCE.value: config.source,
+            Tag.GIT_SHA.value: git_sha(config.settings.repo_root())}
+    baseline_metrics: dict[str, float] = {}
+    for name, s in baselines.items():
+        baseline_metrics.update(metrics_dict(s, prefix=f"baseline_{name}_"))
+    ctx = RunContext(tracker, experiment_id, tags, baseline_metrics)
+    parent_id = tracker.start_run(experiment_id, f"train-{anchor}", {**tags, "mode": config.settings.mode})
+    tracker.log(parent_id, params=_parent_params(config, anchor, dataset.windows, grid), metrics=baseline_metrics)
+    tracker.log_data_window(parent_id, prices, config.source, anchor)
+    for name, s in baselines.items():
+        echo(f"[baseline] {name:<20} {fmt_scores(s)}")
+    return ctx, parent_id
 
 
 def run_pipeline(config: PipelineConfig, echo: Echo = print) -> PipelineResult:
     """One full training run; see the module docstring. Raises PipelineError / ValidationError."""
-    import mlflow
-
-    from ml import plots, tracking as registry
-
     stages = _Stages()
     t_start = time.perf_counter()
     if config.promote:
-        _check_promotion_settings()
+        _check_promotion_settings(config.settings)
     with stages("data+validate"):
         prices, anchor = prepare_data(config, echo)
     with stages("features"):
-        feats = build_features(prices)
-        try:
-            windows = split_windows(feats, config.eval_days, config.train_rows)
-        except ValueError as exc:
-            raise PipelineError(str(exc)) from exc
-        next_row, as_of = tomorrow_row(prices)
-    echo(
-        f"[features] {len(FEATURE_COLUMNS)} features; train {len(windows.train)} rows "
-        f"{windows.train_start}..{windows.train_end}; eval {len(windows.eval)} rows "
-        f"{windows.eval_start}..{windows.eval_end}; next-day row as of {as_of}"
-    )
-    try:
-        grid: Grid = load_grid(config.candidates_file)
-    except ValueError as exc:
-        raise PipelineError(str(exc)) from exc
-
+        dataset = build_dataset(prices, config, echo)
+    grid = _load_grid(config)
+    baselines = score_baselines(dataset.windows)
     with stages("mlflow-setup"):
-        try:
-            uri = registry.connect(config.tracking_uri)
-            experiment_id = registry.ensure_experiment()
-        except registry.RegistryError as exc:
-            raise PipelineError(str(exc)) from exc
-        sha = registry.git_sha()
-    echo(f"[mlflow] {registry.public_uri(uri)} experiment {experiment_id}")
-
-    baselines = score_baselines(windows)
-    baseline_metrics: dict[str, float] = {}
-    for name, s in baselines.items():
-        baseline_metrics.update(metrics_dict(s, prefix=f"baseline_{name}_"))
-    results: list[CandidateResult] = []
-    models: dict[str, Any] = {}
-    probs: dict[str, pd.Series] = {}
-    common_tags = {"anchor": anchor.isoformat(), Tag.DATA_SOURCE.value: config.source, Tag.GIT_SHA.value: sha}
-
-    with mlflow.start_run(run_name=f"train-{anchor}", tags={**common_tags, "mode": config.mode}) as parent:
-        parent_id = parent.info.run_id
-        with stages("log-data"):
-            mlflow.log_params(
-                {
-                    "data_source": config.source,
-                    "anchor": anchor.isoformat(),
-                    "mode": config.mode,
-                    "eval_days": config.eval_days,
-                    "train_rows": len(windows.train),
-                    "train_start": windows.train_start.isoformat(),
-                    "train_end": windows.train_end.isoformat(),
-                    "eval_start": windows.eval_start.isoformat(),
-                    "eval_end": windows.eval_end.isoformat(),
-                    "candidates_file": grid.source,
-                    "select_by": grid.select_by,
-                    "validation_days": grid.validation_days,
-                }
-            )
-            registry.log_data_window(prices, config.source, anchor)
-            mlflow.log_metrics(baseline_metrics)
-        for name, s in baselines.items():
-            echo(f"[baseline] {name:<20} {_fmt(s)}")
-
-        fit_part, val_part = split_validation(windows.train, grid.validation_days)
-        echo(
-            f"[train] selection: fit on {len(fit_part)} rows, validate on {len(val_part)} rows "
-            f"{val_part.index[0].date()}..{val_part.index[-1].date()}; then refit on all {len(windows.train)} "
-            f"training rows and score on the evaluation window"
-        )
+        ctx, parent_id = _open_run(config, prices, anchor, dataset, grid, baselines, echo)
+    try:
         with stages("train+score"):
-            for cand in grid.candidates:
-                t0 = time.perf_counter()
-                tags = {**common_tags, "candidate": cand.name, "family": cand.family}
-                with mlflow.start_run(run_name=cand.name, nested=True, tags=tags) as run:
-                    try:
-                        val_scores, _ = score_model(fit(cand, fit_part), val_part)
-                        model = fit(cand, windows.train)
-                    except ValueError as exc:  # e.g. a window holding one class: the data, not a bug
-                        raise PipelineError(f"cannot train candidate {cand.name}: {exc}; nothing was registered") from exc
-                    scores, p = score_model(model, windows.eval)
-                    mlflow.log_params({"candidate": cand.name, "family": cand.family,
-                                       **{f"model_{k}": v for k, v in cand.params.items()}})
-                    mlflow.log_metrics({**metrics_dict(scores), **metrics_dict(val_scores, prefix="val_"),
-                                        **baseline_metrics, "train_rows": float(len(windows.train))})
-                    results.append(CandidateResult(cand.name, cand.family, run.info.run_id, scores,
-                                                   time.perf_counter() - t0, val_scores))
-                    models[cand.name] = model
-                    probs[cand.name] = p
-                v = val_scores.get(grid.select_by)
-                echo(f"[candidate] {cand.name:<20} eval: {_fmt(scores)} | validation {grid.select_by} "
-                     f"{'n/a' if v is None else f'{v:.4f}'}  ({results[-1].seconds:.1f}s)")
-
-        # Chosen on the validation window, so the evaluation scores below stay out-of-sample.
-        best = results[0]
-        for r in results[1:]:
-            if better(r.val_scores, best.val_scores, grid.select_by):
-                best = r
-        echo(f"[select] best by validation {grid.select_by}: {best.name}")
-
-        with stages("log-model"), mlflow.start_run(run_id=best.run_id, nested=True):
-            info = registry.log_model(models[best.name], windows.train)
-            registry.log_latest_features(next_row, as_of)
-            with tempfile.TemporaryDirectory() as tmp:
-                for path in plots.save_plots(windows.eval[LABEL], probs[best.name], Path(tmp), title=best.name):
-                    mlflow.log_artifact(str(path), artifact_path="plots")
-            mlflow.set_tag("selected", "true")
-
-        with stages("champion"):
-            champion_version = _champion(config.pin_file, echo)
-            champion_scores = _score_champion(champion_version, windows, echo) if champion_version else None
-        if champion_version is None:
-            echo("[champion] none pinned yet")
-        else:
-            echo(f"[champion] v{champion_version} on the same window: {_fmt(champion_scores)}")
-            if champion_scores is not None:
-                mlflow.log_metrics(metrics_dict(champion_scores, prefix="champion_"))
-            mlflow.set_tag("champion_version", str(champion_version))
-
-        with stages("register"):
-            version = registry.register(
-                info.model_uri,
-                {
-                    Tag.EVAL_START.value: windows.eval_start.isoformat(),
-                    Tag.EVAL_END.value: windows.eval_end.isoformat(),
-                    Tag.DATA_SOURCE.value: config.source,
-                    Tag.GIT_SHA.value: sha,
-                },
-            )
-        evaluation = Evaluation(
-            model_name=MODEL_NAME,
-            challenger_version=version,
-            challenger_run_id=best.run_id,
-            challenger_candidate=best.name,
-            parent_run_id=parent_id,
-            experiment_id=experiment_id,
-            tracking_uri=uri,
-            eval_start=windows.eval_start,
-            eval_end=windows.eval_end,
-            eval_days=len(windows.eval),
-            challenger=best.scores,
-            data_source=config.source,
-            baselines=baselines,
-            champion_version=champion_version,
-            champion=champion_scores,
-        )
-        mlflow.log_metrics(metrics_dict(best.scores, prefix="challenger_"))
-        mlflow.set_tags({"challenger_version": str(version), "challenger_candidate": best.name})
-        mlflow.log_dict(_evaluation_json(evaluation), "evaluation.json")
-    echo(f"[register] {MODEL_NAME} v{version} (candidate {best.name}, run {best.run_id}), alias challenger")
-
-    result = PipelineResult(
-        evaluation=evaluation,
-        version=version,
-        parent_run_id=parent_id,
-        candidates=results,
-        anchor=anchor,
-        rows=len(prices),
-        timings=stages.timings,
-    )
+            results = fit_candidates(grid, dataset.windows, echo)
+        evaluation = _finish(ctx, config, parent_id, grid.select_by, results, dataset, baselines, stages, echo)
+    except BaseException:
+        _end_quietly(ctx.tracker, parent_id, ok=False)
+        raise
+    ctx.tracker.end_run(parent_id)
+    result = PipelineResult(evaluation, evaluation.challenger_version, parent_id, results, anchor, len(prices),
+                            stages.timings)
     if config.promote:
         with stages("promote"):
-            result.proposal = _propose(evaluation, echo)
+            result.proposal = _propose(evaluation, config.settings, echo)
     stages.timings["total"] = time.perf_counter() - t_start
     return result
 
 
-def _evaluation_json(ev: Evaluation) -> dict[str, Any]:
-    from dataclasses import asdict
+def _end_quietly(tracker: Tracker, run_id: str, ok: bool) -> None:
+    try:
+        tracker.end_run(run_id, ok)
+    except Exception as exc:  # noqa: BLE001 - the original failure matters more; MLflow may be the cause
+        log.warning("could not mark run %s %s: %s", run_id, "FINISHED" if ok else "FAILED", exc)
 
-    return json.loads(json.dumps(asdict(ev), default=str))
 
-
-def _check_promotion_settings() -> None:
+def _check_promotion_settings(settings: TrainSettings) -> None:
     """Fail before training when the promotion step could not run (policy file, forge variables)."""
     from promotion import propose
 
     try:
-        propose.load_settings()
+        propose.load_promotion(settings)
     except propose.PromotionConfigError as exc:
         raise PipelineError(f"{exc}; nothing was trained (fix it, or run with --no-promote)") from exc
 
 
-def _propose(evaluation: Evaluation, echo: Echo) -> Any:
+def _propose(evaluation: Evaluation, settings: TrainSettings, echo: Echo) -> Any:
     """Hand the evaluation to the promotion step (the pipeline's last stage)."""
     from promotion import propose
 
     try:
-        outcome = propose.propose_from_evaluation(evaluation)
+        outcome = propose.propose_from_evaluation(evaluation, settings)
     except propose.ProposalError as exc:
         raise PipelineError(
             f"promotion failed: {exc} ({MODEL_NAME} v{evaluation.challenger_version} stays registered)"

@@ -11,17 +11,19 @@ beyond the last available bar stays on the last bar. In live mode
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 import pandas as pd
 
+from contract.errors import SettingsError
+from contract.settings import ReplaySettings
+
 DEFAULT_INTERVAL_SECONDS = 300.0  # 5 minutes = one trading day
 
 
-class ReplayConfigError(ValueError):
-    """A replay setting is missing or malformed; the message names the variable."""
+class ReplayConfigError(SettingsError):
+    """A replay setting is missing or inconsistent with the data; the message names the variable."""
 
 
 @dataclass(frozen=True)
@@ -52,40 +54,10 @@ class ReplayClock:
         return after[min(self.steps(now), len(after) - 1)].date()
 
 
-def _parse_epoch(text: str) -> datetime:
-    try:
-        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise ReplayConfigError(f"PRIMER_REPLAY_EPOCH {text!r} is not an ISO timestamp (e.g. 2026-01-01T00:00:00Z)") from exc
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def clock_from_env(env: dict[str, str] | None = None) -> ReplayClock:
-    """Read PRIMER_REPLAY_START, PRIMER_REPLAY_EPOCH and PRIMER_REPLAY_INTERVAL_SECONDS."""
-    env = dict(os.environ if env is None else env)
-    start_text = env.get("PRIMER_REPLAY_START")
-    epoch_text = env.get("PRIMER_REPLAY_EPOCH")
-    if not start_text:
+def clock_from_settings(settings: ReplaySettings) -> ReplayClock:
+    """The clock of ``PRIMER_REPLAY_START``, ``PRIMER_REPLAY_EPOCH`` and ``PRIMER_REPLAY_INTERVAL_SECONDS``."""
+    if settings.replay_start is None:
         raise ReplayConfigError("replay mode needs PRIMER_REPLAY_START (a date, e.g. 2018-01-02)")
-    if not epoch_text:
+    if settings.replay_epoch is None:
         raise ReplayConfigError("replay mode needs PRIMER_REPLAY_EPOCH (an ISO timestamp, e.g. 2026-01-01T00:00:00Z)")
-    try:
-        start = date.fromisoformat(start_text.strip())
-    except ValueError as exc:
-        raise ReplayConfigError(f"PRIMER_REPLAY_START {start_text!r} is not a date (YYYY-MM-DD)") from exc
-    interval_text = env.get("PRIMER_REPLAY_INTERVAL_SECONDS", str(DEFAULT_INTERVAL_SECONDS))
-    try:
-        interval = float(interval_text)
-    except ValueError as exc:
-        raise ReplayConfigError(f"PRIMER_REPLAY_INTERVAL_SECONDS {interval_text!r} is not a number") from exc
-    if not math.isfinite(interval) or interval <= 0:  # "nan"/"inf" parse as floats
-        raise ReplayConfigError(f"PRIMER_REPLAY_INTERVAL_SECONDS must be a finite number > 0, got {interval_text}")
-    return ReplayClock(start=start, epoch=_parse_epoch(epoch_text), interval_seconds=interval)
-
-
-def mode_from_env(env: dict[str, str] | None = None) -> str:
-    env = os.environ if env is None else env
-    mode = env.get("PRIMER_MODE", "live").strip().lower() or "live"
-    if mode not in ("live", "replay"):
-        raise ReplayConfigError(f"PRIMER_MODE must be 'live' or 'replay', got {mode!r}")
-    return mode
+    return ReplayClock(settings.replay_start, settings.replay_epoch, settings.replay_interval_seconds)

@@ -1,104 +1,189 @@
-"""MLflow tracking and registry helpers used by the pipeline (and readable on their own).
+"""MLflow tracking and registration for the pipeline, through one explicit client.
 
-Contract (see README): the best candidate is logged in its nested candidate
-run as ``model`` with signature, input example, ``pyfunc_predict_fn=
-"predict_proba"`` and the skops trusted types it needs, then registered as a
-version of ``spy-direction`` with tags and the alias ``challenger``. That run
-also holds ``serving/latest_features.json`` and the evaluation metrics.
+Contract (see docs/pipeline.md): one parent run per ``primer train`` holding the data
+window (dataset input + ``data/prices.csv``), the baselines, the champion's scores and
+``evaluation.json``; one nested run per candidate. The selected candidate's run also
+holds the model (``model``: sklearn flavour saved with skops, pyfunc returns
+probabilities), ``plots/`` and ``serving/latest_features.json``; it is registered as a
+new version of ``spy-direction`` with tags and the alias ``challenger``.
+
+Everything goes through :class:`Tracker`'s ``MlflowClient`` except logging a model and a
+dataset input, which MLflow offers only in its fluent form (a process-global URI and an
+active run): those run inside :meth:`Tracker._fluent`, which puts the global back.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import subprocess
 import tempfile
+import time
 import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
+from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-from ml.features import FEATURE_COLUMNS
+from contract.errors import PrimerError
 from contract.names import CHALLENGER_ALIAS, EXPERIMENT_NAME, MLFLOW_PORT, MODEL_NAME, PromotionStatus, Tag
-from contract.registry import RegistryUnreachable, probe, public_uri, tracking_uri
-
-log = logging.getLogger(__name__)
+from contract.registry import RegistryUnreachable, probe, public_uri
+from ml.features import FEATURE_COLUMNS
 
 LATEST_FEATURES_ARTIFACT = "serving/latest_features.json"
+EVALUATION_ARTIFACT = "evaluation.json"  # on the parent run: the evidence handed to promotion, logged once
 DATA_ARTIFACT_DIR = "data"
 DATA_ARTIFACT_FILE = "prices.csv"
 MODEL_ARTIFACT_NAME = "model"
+PARENT_RUN_TAG = "mlflow.parentRunId"
 
 
-class RegistryError(RuntimeError):
+class RegistryError(PrimerError):
     """MLflow is unreachable or refused an operation; the message names the server."""
 
 
-def connect(uri: str | None = None, timeout: float = 10.0) -> str:
-    """Point MLflow at ``uri`` (default MLFLOW_TRACKING_URI) and check an HTTP server answers."""
-    uri = uri or tracking_uri()
-    try:
-        probe(uri, timeout)  # file: and sqlite: stores pass: nothing to reach
-    except RegistryUnreachable as exc:
-        raise RegistryError(
-            f"MLflow tracking server {public_uri(uri)} is not reachable ({exc.reason}); "
-            f"start one (e.g. `mlflow server --port {MLFLOW_PORT}`) or set MLFLOW_TRACKING_URI"
-        ) from exc
-    # The pipeline prints its own progress; MLflow would add two URL lines per nested run.
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    mlflow.set_tracking_uri(uri)
-    return uri
+class Tracker:
+    """One MLflow server: runs, metrics, artifacts and the registry, through an explicit client."""
 
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
 
-def ensure_experiment(name: str = EXPERIMENT_NAME) -> str:
-    """The experiment id of ``name``, created if needed (and set as the active one)."""
-    return mlflow.set_experiment(name).experiment_id
+    @classmethod
+    def connect(cls, uri: str, timeout: float = 10.0) -> Tracker:
+        """A tracker for ``uri`` once an HTTP server there answers its health check."""
+        try:
+            probe(uri, timeout)  # file: and sqlite: stores pass: nothing to reach
+        except RegistryUnreachable as exc:
+            raise RegistryError(
+                f"MLflow tracking server {public_uri(uri)} is not reachable ({exc.reason}); "
+                f"start one (e.g. `mlflow server --port {MLFLOW_PORT}`) or set MLFLOW_TRACKING_URI"
+            ) from exc
+        return cls(uri)
 
+    def experiment_id(self, name: str = EXPERIMENT_NAME) -> str:
+        found = self.client.get_experiment_by_name(name)
+        return found.experiment_id if found is not None else self.client.create_experiment(name)
 
-def git_sha(repo: Path | None = None) -> str:
-    """The commit of the code that trains (``unknown`` outside a git checkout, e.g. in an image)."""
-    from contract.pin import repo_root
+    # -- runs ------------------------------------------------------------------------
+    def start_run(self, experiment_id: str, name: str, tags: Mapping[str, str], parent: str | None = None) -> str:
+        all_tags = {**tags, **({PARENT_RUN_TAG: parent} if parent else {})}
+        return self.client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
 
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=repo or repo_root(), capture_output=True, text=True, timeout=10
+    def end_run(self, run_id: str, ok: bool = True) -> None:
+        self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+    def log(self, run_id: str, *, params: Mapping[str, Any] | None = None,
+            metrics: Mapping[str, float] | None = None, tags: Mapping[str, str] | None = None) -> None:
+        """Params, metrics and tags in one request."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+            params=[Param(k, str(v)) for k, v in (params or {}).items()],
+            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
         )
+
+    def log_dict(self, run_id: str, payload: dict[str, Any], artifact_file: str) -> None:
+        self.client.log_dict(run_id, payload, artifact_file)
+
+    def log_files(self, run_id: str, paths: list[Path], artifact_dir: str) -> None:
+        for path in paths:
+            self.client.log_artifact(run_id, str(path), artifact_path=artifact_dir)
+
+    @contextmanager
+    def _fluent(self, run_id: str) -> Iterator[None]:
+        """MLflow's fluent API, pointed at this server and run for the duration only."""
+        experiment_id = self.client.get_run(run_id).info.experiment_id  # not whatever set_experiment left
+        with _use_tracking_uri(self.uri), mlflow.start_run(run_id=run_id, experiment_id=experiment_id):
+            yield
+
+    # -- what a run holds ----------------------------------------------------------------
+    def log_data_window(self, run_id: str, prices: pd.DataFrame, source: str, anchor: date) -> None:
+        """The raw window as a CSV artifact and as a dataset input (reproducible from MLflow alone)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / DATA_ARTIFACT_FILE
+            out = prices.copy()
+            out["date"] = out["date"].dt.strftime("%Y-%m-%d")
+            out.to_csv(path, index=False)
+            self.client.log_artifact(run_id, str(path), artifact_path=DATA_ARTIFACT_DIR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "source can be interpreted in multiple ways"
+            dataset = mlflow.data.from_pandas(prices, source=self._dataset_source(run_id, source),
+                                              name=f"spy-daily-{anchor}")
+        with self._fluent(run_id):
+            mlflow.log_input(dataset, context="training", tags={"data_source": source, "anchor": anchor.isoformat()})
+
+    def _dataset_source(self, run_id: str, source: str) -> Any:
+        """Where the dataset can be fetched again: the CSV artifact, served by the tracking server."""
+        from urllib.parse import urlencode
+
+        from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+        if not self.uri.startswith(("http://", "https://")):
+            return source
+        query = urlencode({"path": f"{DATA_ARTIFACT_DIR}/{DATA_ARTIFACT_FILE}", "run_uuid": run_id})
+        return HTTPDatasetSource(url=f"{self.uri.rstrip('/')}/get-artifact?{query}")
+
+    def log_model(self, run_id: str, model: Any, example: pd.DataFrame) -> str:
+        """Log ``model`` in run ``run_id``; returns its model URI."""
+        with self._fluent(run_id):
+            return str(log_model(model, example).model_uri)
+
+    def log_latest_features(self, run_id: str, row: pd.DataFrame, as_of: date) -> dict[str, Any]:
+        """Store the feature row for the next trading day with the model (serving falls back to it)."""
+        payload = {"as_of": as_of.isoformat(), "features": {c: float(row[c].iloc[-1]) for c in FEATURE_COLUMNS}}
+        self.client.log_dict(run_id, payload, LATEST_FEATURES_ARTIFACT)
+        return payload
+
+    def latest_features(self, run_id: str) -> dict[str, Any]:
+        """``serving/latest_features.json`` of a run (no download left behind in /tmp)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self.client.download_artifacts(run_id, LATEST_FEATURES_ARTIFACT, tmp)
+            import json
+
+            return dict(json.loads(Path(path).read_text()))
+
+    # -- the registry --------------------------------------------------------------------
+    def register(self, model_uri: str, run_id: str, tags: Mapping[str, str], name: str = MODEL_NAME) -> int:
+        """A new version of ``name`` with ``tags`` (created with it), and the ``challenger`` alias on it."""
+        all_tags = {Tag.PROMOTION_STATUS.value: PromotionStatus.CANDIDATE.value, **tags}
+        with self._fluent(run_id), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            mv = mlflow.register_model(model_uri, name, tags=all_tags)
+        version = int(mv.version)
+        self.client.set_registered_model_alias(name, CHALLENGER_ALIAS, str(version))
+        return version
+
+    def version_tags(self, version: int, name: str = MODEL_NAME) -> dict[str, str]:
+        return dict(self.client.get_model_version(name, str(version)).tags)
+
+    def load_version(self, version: int, name: str = MODEL_NAME) -> Any:
+        """The sklearn model of ``models:/<name>/<version>`` (as serving loads it)."""
+        return self.load_model(f"models:/{name}/{version}")
+
+    def load_model(self, model_uri: str) -> Any:
+        """The sklearn model at ``model_uri``. Scoped like :meth:`_fluent`: MLflow resolves
+        ``models:/`` URIs through its global tracking URI, whatever URI is passed in."""
+        import mlflow.sklearn
+
+        with _use_tracking_uri(self.uri):
+            return mlflow.sklearn.load_model(model_uri)
+
+
+def git_sha(repo: Path) -> str:
+    """The commit of the code that trains (``unknown`` outside a git checkout, e.g. in an image)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
-
-
-def log_data_window(prices: pd.DataFrame, source: str, anchor: date) -> None:
-    """Log the raw window as an MLflow dataset input and as a CSV artifact (reproducible from MLflow alone)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / DATA_ARTIFACT_FILE
-        out = prices.copy()
-        out["date"] = out["date"].dt.strftime("%Y-%m-%d")
-        out.to_csv(path, index=False)
-        mlflow.log_artifact(str(path), artifact_path=DATA_ARTIFACT_DIR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "source can be interpreted in multiple ways"
-        dataset = mlflow.data.from_pandas(prices, source=_dataset_source(source), name=f"spy-daily-{anchor}")
-    mlflow.log_input(dataset, context="training", tags={"data_source": source, "anchor": anchor.isoformat()})
-
-
-def _dataset_source(source: str) -> Any:
-    """Where the dataset can be fetched again: the CSV artifact, served by the tracking server."""
-    from urllib.parse import urlencode
-
-    from mlflow.data.http_dataset_source import HTTPDatasetSource
-
-    uri = mlflow.get_tracking_uri()
-    run = mlflow.active_run()
-    if uri.startswith(("http://", "https://")) and run is not None:
-        query = urlencode({"path": f"{DATA_ARTIFACT_DIR}/{DATA_ARTIFACT_FILE}", "run_uuid": run.info.run_id})
-        return HTTPDatasetSource(url=f"{uri.rstrip('/')}/get-artifact?{query}")
-    return source
 
 
 def skops_trusted_types(model: Any) -> list[str]:
@@ -109,7 +194,9 @@ def skops_trusted_types(model: Any) -> list[str]:
 
 
 def log_model(model: Any, example: pd.DataFrame) -> Any:
-    """Log ``model`` as ``model`` in the active run; returns MLflow's ModelInfo."""
+    """Log ``model`` as ``model`` in the active fluent run; returns MLflow's ModelInfo."""
+    import mlflow.sklearn
+
     X = example.loc[:, list(FEATURE_COLUMNS)].astype(float)
     signature = infer_signature(X, model.predict_proba(X))
     with warnings.catch_warnings():
@@ -132,38 +219,3 @@ def model_requirements() -> list[str]:
     from importlib.metadata import version
 
     return [f"{dist}=={version(dist)}" for dist in ("mlflow", "scikit-learn", "skops", "numpy", "pandas")]
-
-
-def log_latest_features(row: pd.DataFrame, as_of: date) -> dict[str, Any]:
-    """Store the feature row for the next trading day with the model (serving falls back to it)."""
-    payload = {
-        "as_of": as_of.isoformat(),
-        "features": {col: float(row[col].iloc[-1]) for col in FEATURE_COLUMNS},
-    }
-    mlflow.log_dict(payload, LATEST_FEATURES_ARTIFACT)
-    return payload
-
-
-def register(model_uri: str, tags: dict[str, str], name: str = MODEL_NAME) -> int:
-    """Register ``model_uri`` as a new version with ``tags`` and move the ``challenger`` alias to it."""
-    all_tags = {Tag.PROMOTION_STATUS.value: PromotionStatus.CANDIDATE.value, **tags}
-    # The tags are created with the version (one request), so no version ever lacks them.
-    mv = mlflow.register_model(model_uri, name, tags=all_tags)
-    version = int(mv.version)
-    MlflowClient().set_registered_model_alias(name, CHALLENGER_ALIAS, str(version))
-    return version
-
-
-def version_tags(version: int, name: str = MODEL_NAME) -> dict[str, str]:
-    """The tags of ``<name>/<version>`` in the active registry."""
-    return dict(MlflowClient().get_model_version(name, str(version)).tags)
-
-
-def load_version(version: int, name: str = MODEL_NAME) -> Any:
-    """The sklearn model of ``models:/<name>/<version>`` (as serving loads it)."""
-    return mlflow.sklearn.load_model(f"models:/{name}/{version}")
-
-
-def latest_features(run_id: str) -> dict[str, Any]:
-    """Read ``serving/latest_features.json`` back from a run (no download left behind in /tmp)."""
-    return mlflow.artifacts.load_dict(f"runs:/{run_id}/{LATEST_FEATURES_ARTIFACT}")

@@ -1,12 +1,11 @@
 """Training: the candidate grid (from YAML) and fitting one candidate.
 
 The grid ships as ``ml/candidates.yaml``; ``PRIMER_CANDIDATES_FILE`` (or
-``primer train --candidates PATH``) points at another file of the same shape.
+``primer train --candidates PATH``, both read by ``contract.settings``) names another file of the same shape.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,13 +18,15 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ml.features import FEATURE_COLUMNS, LABEL
+from contract.errors import SettingsError
 from contract.evidence import METRICS as SELECT_METRICS
+from ml.features import FEATURE_COLUMNS, LABEL
+
 RANDOM_STATE = 42
 PACKAGED_GRID = Path(__file__).with_name("candidates.yaml")
 
 
-class CandidateConfigError(ValueError):
+class CandidateConfigError(SettingsError):
     """The candidate file is missing or malformed; the message names the problem."""
 
 
@@ -65,15 +66,9 @@ FAMILIES = {
 }
 
 
-def candidates_path(path: str | Path | None = None) -> Path | None:
-    """Explicit path, else ``PRIMER_CANDIDATES_FILE``, else None (the packaged grid)."""
-    chosen = path or os.environ.get("PRIMER_CANDIDATES_FILE")
-    return Path(chosen) if chosen else None
-
-
 def load_grid(path: str | Path | None = None) -> Grid:
-    """Read and check the candidate grid; raise :class:`CandidateConfigError` naming the problem."""
-    file = candidates_path(path)
+    """Read and check the candidate grid (None: the packaged one); raise :class:`CandidateConfigError`."""
+    file = Path(path) if path else None
     if file is None:
         # Next to this module (shipped as package data; importlib.resources trips on editable installs).
         text = PACKAGED_GRID.read_text()

@@ -14,6 +14,7 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
+from contract.errors import PrimerError
 from ml.data import PRICE_COLUMNS
 
 PRICE_FIELDS = ("open", "high", "low", "close")
@@ -29,7 +30,7 @@ class Violation:
         return f"[{self.rule}] {self.detail}"
 
 
-class ValidationError(ValueError):
+class ValidationError(PrimerError, ValueError):
     """The data broke one or more rules; nothing may be trained on it."""
 
     def __init__(self, violations: list[Violation]):

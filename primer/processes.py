@@ -1,13 +1,12 @@
-"""Start and stop the local servers the loop needs (MLflow, BentoML).
+"""Start, watch and stop the local servers the loop needs (MLflow, BentoML).
 
-Shared by ``primer up`` and the test-suite, so both run the same commands.
+Shared by ``primer up`` and the test-suite (``tests/support.py``), so both run the same commands.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -15,9 +14,13 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
+
+from contract.errors import PrimerError
+from contract.settings import child_env
 
 
-class ServerError(RuntimeError):
+class ServerError(PrimerError):
     """A server did not start or answer in time."""
 
 
@@ -82,38 +85,27 @@ def mlflow_server_env(base: dict[str, str] | None = None) -> dict[str, str]:
     MLflow 3 starts a job runner with seven Huey consumer processes for GenAI
     jobs this project never uses; on a 2-core laptop they cost memory and start-up time.
     """
-    env = dict(os.environ if base is None else base)
+    env = dict(child_env() if base is None else base)
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     return env
 
 
 def stop_process(proc: subprocess.Popen | int, timeout: float = 15) -> None:
-    """Stop a process and its whole group (servers fork workers)."""
+    """Stop a server and every process it forked: SIGTERM, then SIGKILL what is left after ``timeout``."""
     pid = proc if isinstance(proc, int) else proc.pid
     try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    except PermissionError:
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if isinstance(proc, subprocess.Popen):
-            if proc.poll() is not None:
-                break
-        else:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-        time.sleep(0.1)
-    else:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        root = psutil.Process(pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    for p in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(family, timeout=timeout)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
     if isinstance(proc, subprocess.Popen):
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)  # reap our own child

@@ -10,37 +10,46 @@ MLflow (or, for ``status``, the forge).
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
+from typing import NoReturn
 
 import click
 import httpx
 
 from promotion import gitops
 from contract import registry
-from promotion.forge import ForgeError, forge_from_env
+from promotion.forge import ForgeError, forge_from_settings
 from promotion.gitops import GitError
 from contract.names import CHALLENGER_ALIAS, CHAMPION_ALIAS, MODEL_NAME, PromotionStatus, promotion_title
-from contract.pin import Pin, PinError, default_pin_path, parse_pin, read_pin, repo_root
+from contract.errors import PrimerError
+from contract.pin import Pin, PinError, parse_pin, read_pin
+from contract.settings import PromotionSettings
 from promotion.propose import PROMOTION_BRANCH_RE
 
 EXIT_UNREACHABLE = 3
 _ROLLBACK_RE = re.compile(r"^(Roll back |Revert \")")  # primer rollback's subject, or git revert's
 
 
-def _fail(msg: str, code: int = 1) -> None:
-    click.echo(f"error: {msg}", err=True)
-    raise SystemExit(code)
+class CommandError(PrimerError):
+    """A refused or failed operation; ``primer`` prints it as one ``error:`` line."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _fail(msg: str, code: int = 1) -> NoReturn:
+    raise CommandError(msg, code)
 
 
 def _warn(msg: str) -> None:
     click.echo(f"warning: {msg}", err=True)
 
 
-def _registry_check(version: int | None, require: bool) -> str:
+def _registry_check(settings: PromotionSettings, version: int | None, require: bool) -> str:
     """'ok' | 'unreachable' ; exits 1 when the version is not in the registry."""
-    uri = registry.tracking_uri()
+    uri = settings.tracking_uri
     try:
         registry.probe(uri)
     except registry.RegistryUnreachable as exc:
@@ -64,9 +73,9 @@ def _validate_version(text: str) -> int:
     return pin.version  # type: ignore[return-value]
 
 
-def _repo_and_pin() -> tuple[Path, Path, str]:
-    pin = default_pin_path().resolve()
-    repo = repo_root()
+def _repo_and_pin(settings: PromotionSettings) -> tuple[Path, Path, str]:
+    pin = settings.pin_path().resolve()
+    repo = settings.repo_root()
     try:
         rel = str(pin.relative_to(repo))
     except ValueError:
@@ -76,16 +85,16 @@ def _repo_and_pin() -> tuple[Path, Path, str]:
     return repo, pin, rel
 
 
-def _push(repo: Path) -> None:
+def _push(settings: PromotionSettings, repo: Path) -> None:
     branch = gitops.git("symbolic-ref", "--short", "HEAD", cwd=repo).stdout.strip()
-    remote = os.environ.get("PRIMER_GIT_REMOTE") or "origin"  # a remote's name or a URL
+    remote = settings.git_remote or "origin"  # a remote's name or a URL
     url = gitops.remote_url(repo, remote)  # the URL decides whether the token is sent
     gitops.git("push", "-q", remote, f"HEAD:refs/heads/{branch}", cwd=repo, remote=url,
-               token=os.environ.get("PRIMER_FORGE_TOKEN") or None)
+               token=settings.token())
     click.echo(f"pushed {branch} to {gitops.redact(url)}")
 
 
-def _commit_pin(repo: Path, rel: str, version: int, message: str, push: bool) -> str:
+def _commit_pin(settings: PromotionSettings, repo: Path, rel: str, version: int, message: str, push: bool) -> str:
     try:
         sha = gitops.commit_pin(repo, rel, version, message)
     except (GitError, PinError) as exc:
@@ -93,7 +102,7 @@ def _commit_pin(repo: Path, rel: str, version: int, message: str, push: bool) ->
     click.echo(f"committed {sha[:8]}: {message.splitlines()[0]}")
     if push:
         try:
-            _push(repo)
+            _push(settings, repo)
         except GitError as exc:
             _fail(f"committed locally but the push failed: {exc}")
     return sha
@@ -113,12 +122,10 @@ def pin_group() -> None:
 def pin_check(file: Path | None, require_registry: bool) -> None:
     """Validate FILE (default: the repository's pin): schema, types, and that the
     version exists in the MLflow registry (MLFLOW_TRACKING_URI) when it is reachable."""
-    path = file or default_pin_path()
-    try:
-        pin = read_pin(path)
-    except PinError as exc:
-        _fail(str(exc))
-    state = _registry_check(pin.version, require_registry)
+    settings = PromotionSettings.load()
+    path = file or settings.pin_path()
+    pin = read_pin(path)
+    state = _registry_check(settings, pin.version, require_registry)
     where = "exists in the registry" if state == "ok" else "registry not checked"
     if pin.version is None:
         click.echo(f"{path}: ok: {pin.model}, nothing pinned yet (version: null)")
@@ -139,8 +146,9 @@ def promote(version: str, reason: str, push: bool) -> None:
     when the pin file has uncommitted changes. Works on the repository in
     PRIMER_REPO_DIR (else the current git checkout); PRIMER_PIN_FILE overrides the pin path.
     """
+    settings = PromotionSettings.load()
     n = _validate_version(version)
-    repo, pin, rel = _repo_and_pin()
+    repo, pin, rel = _repo_and_pin(settings)
     try:
         current = read_pin(pin)
     except PinError as exc:
@@ -148,10 +156,10 @@ def promote(version: str, reason: str, push: bool) -> None:
     if current.version == n:
         click.echo(f"v{n} is already pinned; nothing to commit")
         return
-    _registry_check(n, require=False)
+    _registry_check(settings, n, require=False)
     msg = promotion_title(n) + "\n\n" + (f"Reason: {reason}\n" if reason else "") + \
         f"Previously pinned: {'v' + str(current.version) if current.version else 'nothing'}\n"
-    _commit_pin(repo, rel, n, msg, push)
+    _commit_pin(settings, repo, rel, n, msg, push)
 
 
 def previous_version(history: list[gitops.PinCommit], current: int | None) -> int | None:
@@ -182,7 +190,8 @@ def rollback(to: str | None, reason: str, push: bool) -> None:
     are skipped. The version rolled
     back from is tagged promotion_status=rolled_back in MLflow when it is reachable.
     """
-    repo, pin, rel = _repo_and_pin()
+    settings = PromotionSettings.load()
+    repo, pin, rel = _repo_and_pin(settings)
     try:
         current = read_pin(pin).version
     except PinError as exc:
@@ -198,12 +207,12 @@ def rollback(to: str | None, reason: str, push: bool) -> None:
         if found is None:
             _fail(f"no earlier pinned version in the git history of {rel}; use --to VERSION")
         target = found  # type: ignore[assignment]
-    state = _registry_check(target, require=False)
+    state = _registry_check(settings, target, require=False)
     msg = f"Roll back {MODEL_NAME} from v{current} to v{target}\n\n" + (f"Reason: {reason}\n" if reason else "")
-    _commit_pin(repo, rel, target, msg, push)
+    _commit_pin(settings, repo, rel, target, msg, push)
     if state == "ok":
         try:
-            registry.set_status(registry.client(), current, PromotionStatus.ROLLED_BACK)  # type: ignore[arg-type]
+            registry.set_status(registry.client(settings.tracking_uri), current, PromotionStatus.ROLLED_BACK)  # type: ignore[arg-type]
             click.echo(f"tagged v{current} promotion_status={PromotionStatus.ROLLED_BACK.value}")
         except Exception as exc:  # the commit is what matters; the tag is the registry's record of it
             _warn(f"committed, but could not tag v{current} {PromotionStatus.ROLLED_BACK.value}: {exc}")
@@ -222,14 +231,12 @@ def registry_group() -> None:
 def registry_sync() -> None:
     """Set alias champion to the pinned version and tag it promoted (idempotent).
     Argo CD runs this as a PostSync hook."""
-    try:
-        pin = read_pin(default_pin_path())
-    except PinError as exc:
-        _fail(str(exc))
+    settings = PromotionSettings.load()
+    pin = read_pin(settings.pin_path())
     if pin.version is None:
         click.echo("nothing pinned yet (version: null); nothing to sync")
         return
-    uri = registry.tracking_uri()
+    uri = settings.tracking_uri
     try:
         registry.probe(uri)
         result = registry.sync_champion(registry.client(uri), pin.version)
@@ -246,19 +253,7 @@ def _fmt_v(v: int | None) -> str:
     return "none" if v is None else f"v{v}"
 
 
-@click.command("status")
-@click.option("--service-url", metavar="URL", default=lambda: os.environ.get("PRIMER_SERVICE_URL") or None,
-              help="Ask a running service which version it serves (GET <url>/model). Default PRIMER_SERVICE_URL.")
-@click.option("--strict", is_flag=True, help="Exit 1 when anything drifts from the pin, 3 when MLflow or the forge cannot be asked.")
-def status(service_url: str | None, strict: bool) -> None:
-    """Pin (git) vs champion/challenger aliases (MLflow) vs the running service, and open promotion PRs.
-
-    Prints a DRIFT line for each disagreement. Open PRs are listed when a forge
-    is configured (PRIMER_FORGE, PRIMER_FORGE_URL, PRIMER_FORGE_REPO, PRIMER_FORGE_TOKEN).
-    """
-    drift: list[str] = []
-    unchecked: list[str] = []  # what could not be compared: never reported as "in sync"
-    pin_path = default_pin_path().resolve()  # absolute: `git log` below runs in the pin's folder
+def _status_pin(pin_path: Path, drift: list[str]) -> int | None:
     try:
         pin: Pin | None = read_pin(pin_path)
     except PinError as exc:
@@ -268,8 +263,10 @@ def status(service_url: str | None, strict: bool) -> None:
     commit = gitops.git("log", "-1", "--format=%h %s", "--", str(pin_path), cwd=pin_path.parent,
                         check=False).stdout.strip() if pin_path.parent.is_dir() else ""
     click.echo(f"pin (git):            {_fmt_v(pinned)}" + (f"   [{commit}]" if commit else ""))
+    return pinned
 
-    uri = registry.tracking_uri()
+
+def _status_aliases(uri: str, pinned: int | None, drift: list[str], unchecked: list[str]) -> None:
     try:
         registry.probe(uri)
         c = registry.client(uri)
@@ -284,23 +281,25 @@ def status(service_url: str | None, strict: bool) -> None:
         click.echo(f"champion (MLflow):    unknown ({exc})")
         unchecked.append(f"MLflow at {registry.public_uri(uri)} (aliases)")
 
-    if service_url:
-        try:
-            r = httpx.get(service_url.rstrip("/") + "/model", timeout=5)
-            r.raise_for_status()
-            served = r.json().get("model_version")
-            served_v = int(served) if served not in (None, "") else None
-            click.echo(f"service:              {_fmt_v(served_v)}   [{service_url}]")
-            if served_v != pinned:
-                drift.append(f"service at {service_url} serves {_fmt_v(served_v)} but git pins {_fmt_v(pinned)} "
-                             "(rollout pending or failing)")
-        except (httpx.HTTPError, ValueError) as exc:
-            click.echo(f"service:              unknown ({type(exc).__name__}: {exc})")
-            drift.append(f"service at {service_url} did not answer /model")
 
-    forge = None
+def _status_service(service_url: str, pinned: int | None, drift: list[str]) -> None:
     try:
-        forge = forge_from_env()
+        r = httpx.get(service_url.rstrip("/") + "/model", timeout=5)
+        r.raise_for_status()
+        served = r.json().get("model_version")
+        served_v = int(served) if served not in (None, "") else None
+        click.echo(f"service:              {_fmt_v(served_v)}   [{service_url}]")
+        if served_v != pinned:
+            drift.append(f"service at {service_url} serves {_fmt_v(served_v)} but git pins {_fmt_v(pinned)} "
+                         "(rollout pending or failing)")
+    except (httpx.HTTPError, ValueError) as exc:
+        click.echo(f"service:              unknown ({type(exc).__name__}: {exc})")
+        drift.append(f"service at {service_url} did not answer /model")
+
+
+def _status_prs(settings: PromotionSettings, unchecked: list[str]) -> None:
+    try:
+        forge = forge_from_settings(settings)
         if forge.kind != "none":
             prs = [p for p in forge.list_open_prs() if PROMOTION_BRANCH_RE.match(p.head)]
             click.echo(f"open promotion PRs:   {len(prs)}")
@@ -310,6 +309,26 @@ def status(service_url: str | None, strict: bool) -> None:
         click.echo(f"open promotion PRs:   unknown ({exc})")
         unchecked.append("the forge (open PRs)")
 
+
+@click.command("status")
+@click.option("--service-url", metavar="URL", default=None,
+              help="Ask a running service which version it serves (GET <url>/model). Default PRIMER_SERVICE_URL.")
+@click.option("--strict", is_flag=True, help="Exit 1 when anything drifts from the pin, 3 when MLflow or the forge cannot be asked.")
+def status(service_url: str | None, strict: bool) -> None:
+    """Pin (git) vs champion/challenger aliases (MLflow) vs the running service, and open promotion PRs.
+
+    Prints a DRIFT line for each disagreement. Open PRs are listed when a forge
+    is configured (PRIMER_FORGE, PRIMER_FORGE_URL, PRIMER_FORGE_REPO, PRIMER_FORGE_TOKEN).
+    """
+    settings = PromotionSettings.load(service_url=service_url)
+    drift: list[str] = []
+    unchecked: list[str] = []  # what could not be compared: never reported as "in sync"
+    # Absolute: `git log` runs in the pin's folder.
+    pinned = _status_pin(settings.pin_path().resolve(), drift)
+    _status_aliases(settings.tracking_uri, pinned, drift, unchecked)
+    if settings.service_url:
+        _status_service(settings.service_url, pinned, drift)
+    _status_prs(settings, unchecked)
     for d in drift:
         click.echo(f"DRIFT: {d}")
     if unchecked:

@@ -1,25 +1,22 @@
 """``primer serve``: run the BentoML service on this machine.
 
-This module does not import ``bentos`` (dependencies point bentos -> ml): it runs
-``bentoml serve bentos.service:PrimerService`` as a child process from the
-repository root, exactly the command the container and the tests use.
+It becomes ``bentoml serve bentos.service:PrimerService`` (``exec``, no wrapper process
+left holding memory or forwarding signals), run from the repository root: exactly the
+command the container and the tests use.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import click
 
-from primer.processes import PortInUse, console_script, require_free_port
+from contract.errors import PrimerError
 from contract.names import SERVING_PORT
-from contract.pin import default_pin_path, repo_root
 from contract.registry import public_uri
-from contract.registry import tracking_uri as configured_tracking_uri
+from contract.settings import ServingSettings, child_env
+from primer.processes import console_script, require_free_port
 
 SERVICE_IMPORT = "bentos.service:PrimerService"
 
@@ -28,12 +25,12 @@ def serve_command(host: str, port: int) -> list[str]:
     return [console_script("bentoml"), "serve", SERVICE_IMPORT, "--host", host, "--port", str(port)]
 
 
-def find_service_root(start: Path | None = None) -> Path:
+def find_service_root(repo: Path) -> Path:
     """The folder holding ``bentos/service.py``: the repo root, else this checkout's root."""
-    for cand in (start or repo_root(), Path(__file__).resolve().parent.parent):
+    for cand in (repo, Path(__file__).resolve().parent.parent):
         if (cand / "bentos" / "service.py").is_file():
             return cand
-    raise click.ClickException("cannot find bentos/service.py; run from the repository root or set PRIMER_REPO_DIR")
+    raise PrimerError("cannot find bentos/service.py; run from the repository root or set PRIMER_REPO_DIR")
 
 
 @click.command("serve")
@@ -59,24 +56,13 @@ def serve(host: str, port: int) -> None:
     (yfinance | csv:PATH | synthetic), PRIMER_PIN_POLL_SECONDS (2),
     PRIMER_FEATURE_TTL_SECONDS (3600).
     """
-    try:
-        require_free_port(port, "--port", host=host)
-    except PortInUse as exc:
-        raise click.ClickException(str(exc)) from exc
-    root = find_service_root()
-    env = dict(os.environ)
-    # Resolve the pin here so a relative default does not depend on the child's cwd.
-    env.setdefault("PRIMER_PIN_FILE", str(default_pin_path().resolve()))
-    env.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    settings = ServingSettings.load()  # a bad value stops here, not in the service's worker
+    require_free_port(port, "--port", host=host)
+    root = find_service_root(settings.repo_root())
+    # The pin resolved here, so a relative default does not depend on the service's cwd.
+    env = child_env(PRIMER_PIN_FILE=str(settings.pin_path().resolve()), BENTOML_DO_NOT_TRACK="true")
     cmd = serve_command(host, port)
-    click.echo(f"serving {env['PRIMER_PIN_FILE']} from {public_uri(configured_tracking_uri())} "
+    click.echo(f"serving {env['PRIMER_PIN_FILE']} from {public_uri(settings.tracking_uri)} "
                f"on http://{host}:{port}  ({' '.join(cmd[1:])})", err=True)
-    proc = subprocess.Popen(cmd, cwd=root, env=env)
-    # Forward SIGTERM (e.g. from `primer down`) so BentoML shuts its workers down cleanly.
-    signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
-    try:
-        code = proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait()
-    sys.exit(code if code >= 0 else 128 - code)
+    os.chdir(root)
+    os.execve(cmd[0], cmd, env)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from contract.errors import PrimerError
 from contract.names import DEFAULT_TRACKING_URI
 
 
@@ -47,29 +48,20 @@ def train_command(
     candidates_file: Path | None,
     no_promote: bool,
 ) -> None:
-    from ml.data import DataSourceError
-    from ml.pipeline import PipelineError, config_from_env, run_pipeline
-    from ml.tracking import RegistryError
-    from ml.replay import ReplayConfigError
-    from ml.train import CandidateConfigError
+    from contract.settings import TrainSettings
+    from ml.pipeline import PipelineConfig, run_pipeline
     from ml.validate import ValidationError
 
+    settings = TrainSettings.load(data_source=source, eval_days=eval_days, train_years=train_years,
+                                  candidates_file=candidates_file)
+    config = PipelineConfig(settings, anchor=anchor.date() if anchor else None, promote=not no_promote)
     try:
-        config = config_from_env(
-            source=source,
-            anchor=anchor.date() if anchor else None,
-            eval_days=eval_days,
-            train_years=train_years,
-            candidates_file=candidates_file,
-            promote=not no_promote,
-        )
         result = run_pipeline(config, echo=_echo)
     except ValidationError as exc:
         for v in exc.violations:
             click.echo(f"[validate] FAILED {v}", err=True)
-        raise click.ClickException(f"data validation failed ({', '.join(dict.fromkeys(exc.rules))}); nothing was registered") from exc
-    except (PipelineError, ReplayConfigError, DataSourceError, CandidateConfigError, RegistryError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise PrimerError(f"data validation failed ({', '.join(dict.fromkeys(exc.rules))}); "
+                          "nothing was registered") from exc
     ev = result.evaluation
     timing = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
     click.echo(

@@ -12,7 +12,6 @@ so ``down`` can stop them and a second ``up`` resumes without duplicating anythi
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -25,13 +24,14 @@ import click
 import httpx
 import psutil
 
-from ml.data import default_source
 from primer.processes import (
-    PortInUse, ServerError, console_script, mlflow_server_command, mlflow_server_env, require_free_port, stop_process,
+    ServerError, console_script, mlflow_server_command, mlflow_server_env, require_free_port, stop_process,
     wait_http,
 )
 from contract.names import MLFLOW_PORT, MODEL_NAME, SERVING_PORT
-from contract.pin import PinError, default_pin_path, read_pin, repo_root
+from contract.errors import PrimerError
+from contract.pin import read_pin
+from contract.settings import LocalSettings, child_env
 
 STATE_DIR_NAME = ".primer"
 MLFLOW_START_TIMEOUT = 90.0
@@ -107,10 +107,6 @@ def _ours(proc: Process) -> bool:
         return False
 
 
-def state_dir(repo: Path) -> Path:
-    return Path(os.environ.get("PRIMER_STATE_DIR", repo / STATE_DIR_NAME))
-
-
 def _step(n: int, total: int, text: str) -> None:
     click.secho(f"[{n}/{total}] {text}", bold=True)
 
@@ -124,10 +120,7 @@ def _spawn(cmd: list[str], log: Path, env: dict[str, str], cwd: Path) -> subproc
 
 
 def _check_port(port: int, name: str, label: str) -> None:
-    try:
-        require_free_port(port, PORT_OPTIONS[name], label)
-    except PortInUse as exc:
-        raise click.ClickException(str(exc)) from exc
+    require_free_port(port, PORT_OPTIONS[name], label)
 
 
 def _ours_on(state: State, name: str, port: int) -> Process | None:
@@ -150,7 +143,7 @@ def _run_cli(args: list[str], env: dict[str, str], cwd: Path) -> None:
     """Run a ``primer`` subcommand, its output streamed to the terminal."""
     proc = subprocess.run([console_script("primer"), *args], env=env, cwd=cwd)
     if proc.returncode != 0:
-        raise click.ClickException(f"`primer {' '.join(args)}` failed with exit code {proc.returncode}")
+        raise PrimerError(f"`primer {' '.join(args)}` failed with exit code {proc.returncode}")
 
 
 @contextmanager
@@ -177,7 +170,7 @@ def _refuse_other_ports(state: State, state_file: Path, ports: dict[str, int]) -
     where = ", ".join(f"{name} on port {proc.port} (pid {proc.pid})" for name, proc in moved)
     asked = ", ".join(f"{PORT_OPTIONS[name]} {ports[name]}" for name, _ in moved)
     recorded = " ".join(f"{PORT_OPTIONS[name]} {proc.port}" for name, proc in moved)
-    raise click.ClickException(
+    raise PrimerError(
         f"an earlier `primer up` still runs {where} (recorded in {state_file}), not on the requested {asked}: "
         f"run `primer down` first to stop {'them' if len(moved) > 1 else 'it'}, or re-run `primer up` with {recorded}"
     )
@@ -191,7 +184,7 @@ def _ensure_server(name: str, label: str, cmd: list[str], *, port: int, ready_ur
         try:
             wait_http(ready_url, RESUME_READY_TIMEOUT)
         except ServerError as exc:
-            raise click.ClickException(
+            raise PrimerError(
                 f"{name} is running (pid {running.pid}, port {port}) but does not answer: "
                 f"{str(exc).splitlines()[0]}; see {running.log}, or run `primer down` and `primer up` again"
             ) from exc
@@ -210,98 +203,108 @@ def _ensure_server(name: str, label: str, cmd: list[str], *, port: int, ready_ur
     try:
         wait_http(ready_url, timeout, proc, log)
     except ServerError as exc:
-        raise click.ClickException(f"{name} did not become ready: {exc}") from exc
+        raise PrimerError(f"{name} did not become ready: {exc}") from exc
     click.echo(f"      ready (pid {proc.pid}, log {log})")
 
 
-def _pinned_version() -> int | None:
-    try:
-        return read_pin(default_pin_path()).version
-    except PinError as exc:
-        raise click.ClickException(str(exc)) from exc
+def _pinned_version(settings: LocalSettings) -> int | None:
+    return read_pin(settings.pin_path()).version
 
 
-def up(*, offline: bool, source: str | None, mlflow_port: int, port: int, retrain: bool) -> None:
-    repo = repo_root()
-    sdir = state_dir(repo)
-    state_file = sdir / "state.json"
-    state = State.load(state_file)
+@dataclass(frozen=True)
+class Plan:
+    """One `primer up`: where things live and the environment its steps run with."""
+
+    settings: LocalSettings
+    repo: Path
+    state_file: Path
+    tracking_uri: str
+    mlflow_port: int
+    port: int
+    env: dict[str, str]
+
+    @property
+    def state_dir(self) -> Path:
+        return self.state_file.parent
+
+
+def plan(settings: LocalSettings, *, offline: bool, source: str | None, mlflow_port: int, port: int) -> Plan:
+    repo = settings.repo_root()
     tracking_uri = f"http://127.0.0.1:{mlflow_port}"
-    env = dict(os.environ)
-    env.update({
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "PRIMER_REPO_DIR": str(repo),
-        "PYTHONUNBUFFERED": "1",
-    })
-    env.setdefault("PRIMER_FORGE", "none")
-    if offline:
+    extra = {"MLFLOW_TRACKING_URI": tracking_uri, "PRIMER_REPO_DIR": str(repo), "PYTHONUNBUFFERED": "1"}
+    env = {"PRIMER_FORGE": "none", **child_env(**extra)}
+    if offline or source:
         env["PRIMER_DATA_SOURCE"] = source or "synthetic"
-    elif source:
-        env["PRIMER_DATA_SOURCE"] = source
+    return Plan(settings, repo, settings.state_path() / "state.json", tracking_uri, mlflow_port, port, env)
+
+
+def _check_ports(p: Plan, state: State) -> None:
+    """Both ports before any step: a busy API port found only after training would leave
+    a registered (and maybe pinned) version behind a failed command."""
+    _refuse_other_ports(state, p.state_file, {"mlflow": p.mlflow_port, "serving": p.port})
+    for name, label, port in (("mlflow", "MLflow", p.mlflow_port), ("serving", "the API", p.port)):
+        if not _ours_on(state, name, port):
+            _check_port(port, name, label)
+
+
+def _train_unless_resumable(p: Plan, retrain: bool, total: int) -> None:
+    """Skipped when a model is registered and pinned (resume, don't duplicate); registered but
+    nothing pinned (e.g. Ctrl-C after registering): train again so the policy can pin."""
+    have = _registered_versions(p.tracking_uri)
+    pinned = _pinned_version(p.settings)
+    if have and pinned is not None and not retrain:
+        _step(2, total, f"training skipped: {have} version(s) of {MODEL_NAME} already registered, "
+                        f"v{pinned} pinned (--retrain to train again)")
+        return
+    why = f"; {have} version(s) registered but none pinned" if have and pinned is None and not retrain else ""
+    _step(2, total, f"training ({p.env.get('PRIMER_DATA_SOURCE') or p.settings.data_source} data{why})")
+    _run_cli(["train"], p.env, p.repo)
+
+
+def _pin_and_sync(p: Plan, total: int) -> None:
+    """3. the pin (git) and 4. the champion alias (MLflow mirrors git)."""
+    pinned = _pinned_version(p.settings)
+    if pinned is None:
+        raise PrimerError(
+            "nothing is pinned after training: the [promote] line of `primer train` above says why "
+            "(with `bootstrap: propose` in promotion/policy.yaml the first model becomes a branch: "
+            "git merge promote/... and run `primer up` again)"
+        )
+    _step(3, total, f"pinned in git: {MODEL_NAME} v{pinned}")
+    _step(4, total, "mirroring the pin into MLflow (alias champion)")
+    _run_cli(["registry", "sync"], p.env, p.repo)
+
+
+def up(p: Plan, *, retrain: bool) -> None:
+    state = State.load(p.state_file)
     started: list[subprocess.Popen] = []
     total = 5
     t0 = time.monotonic()
-    _refuse_other_ports(state, state_file, {"mlflow": mlflow_port, "serving": port})
-    # Both ports before any step: a busy API port found only after training would leave
-    # a registered (and maybe pinned) version behind a failed command.
-    for name, label, p in (("mlflow", "MLflow", mlflow_port), ("serving", "the API", port)):
-        if not _ours_on(state, name, p):
-            _check_port(p, name, label)
-
+    _check_ports(p, state)
+    servers = dict(state=state, state_file=p.state_file, started=started, repo=p.repo)
     with _stop_on_interrupt(started):
-        # 1. MLflow
-        _step(1, total, f"MLflow server on {tracking_uri} (state in {sdir})")
-        (sdir / "mlartifacts").mkdir(parents=True, exist_ok=True)
-        _ensure_server(
-            "mlflow", "MLflow", mlflow_server_command(f"sqlite:///{sdir / 'mlflow.db'}", sdir / "mlartifacts", mlflow_port),
-            port=mlflow_port, ready_url=f"{tracking_uri}/health",
-            timeout=MLFLOW_START_TIMEOUT, env=mlflow_server_env(env), repo=repo, state=state,
-            state_file=state_file, started=started,
-        )
-
-        # 2. Train once (skipped when a model is registered and pinned: resume, don't duplicate;
-        #    registered but nothing pinned, e.g. Ctrl-C after registering: train so the policy can pin)
-        have = _registered_versions(tracking_uri)
-        pinned = _pinned_version()
-        if have and pinned is not None and not retrain:
-            _step(2, total, f"training skipped: {have} version(s) of {MODEL_NAME} already registered, "
-                            f"v{pinned} pinned (--retrain to train again)")
-        else:
-            why = f"; {have} version(s) registered but none pinned" if have and pinned is None and not retrain else ""
-            _step(2, total, f"training ({env.get('PRIMER_DATA_SOURCE') or default_source()} data{why})")
-            _run_cli(["train"], env, repo)
-
-        # 3. The pin (git) and 4. the champion alias (MLflow mirrors git)
-        pinned = _pinned_version()
-        if pinned is None:
-            raise click.ClickException(
-                "nothing is pinned after training: the [promote] line of `primer train` above says why "
-                "(with `bootstrap: propose` in promotion/policy.yaml the first model becomes a branch: "
-                "git merge promote/... and run `primer up` again)"
-            )
-        _step(3, total, f"pinned in git: {MODEL_NAME} v{pinned}")
-        _step(4, total, "mirroring the pin into MLflow (alias champion)")
-        _run_cli(["registry", "sync"], env, repo)
-
-        # 5. Serving
-        _step(5, total, f"BentoML service on http://127.0.0.1:{port}")
-        _ensure_server(
-            "serving", "the API", [console_script("primer"), "serve", "--port", str(port)],
-            port=port, ready_url=f"http://127.0.0.1:{port}/readyz",
-            timeout=SERVING_READY_TIMEOUT, env=env, repo=repo, state=state, state_file=state_file, started=started,
-        )
-
-    elapsed = time.monotonic() - t0
-    _summary(repo, tracking_uri, port, mlflow_port, elapsed)
+        _step(1, total, f"MLflow server on {p.tracking_uri} (state in {p.state_dir})")
+        (p.state_dir / "mlartifacts").mkdir(parents=True, exist_ok=True)
+        backend = f"sqlite:///{p.state_dir / 'mlflow.db'}"
+        _ensure_server("mlflow", "MLflow", mlflow_server_command(backend, p.state_dir / "mlartifacts", p.mlflow_port),
+                       port=p.mlflow_port, ready_url=f"{p.tracking_uri}/health", timeout=MLFLOW_START_TIMEOUT,
+                       env=mlflow_server_env(p.env), **servers)  # type: ignore[arg-type]
+        _train_unless_resumable(p, retrain, total)
+        _pin_and_sync(p, total)
+        _step(5, total, f"BentoML service on http://127.0.0.1:{p.port}")
+        _ensure_server("serving", "the API", [console_script("primer"), "serve", "--port", str(p.port)],
+                       port=p.port, ready_url=f"http://127.0.0.1:{p.port}/readyz", timeout=SERVING_READY_TIMEOUT,
+                       env=p.env, **servers)  # type: ignore[arg-type]
+    _summary(p, time.monotonic() - t0)
 
 
-def _summary(repo: Path, tracking_uri: str, port: int, mlflow_port: int, elapsed: float) -> None:
-    api = f"http://127.0.0.1:{port}"
+def _summary(p: Plan, elapsed: float) -> None:
+    api, tracking_uri = f"http://127.0.0.1:{p.port}", p.tracking_uri
     try:
         answer = httpx.get(f"{api}/predictionForTomorrow", params={"threshold": 0.3}, timeout=10).text
     except httpx.HTTPError as exc:
         answer = f"(no answer yet: {exc})"
-    prefix = "" if mlflow_port == MLFLOW_PORT else f"MLFLOW_TRACKING_URI={tracking_uri} "
+    prefix = "" if p.mlflow_port == MLFLOW_PORT else f"MLFLOW_TRACKING_URI={tracking_uri} "
     next_steps = [
         (f"{prefix}primer train --source synthetic:7", "train again; a winner becomes a promote/... branch"),
         (f"git merge promote/{MODEL_NAME}-vN", "promote: the service swaps without a restart"),
@@ -317,16 +320,15 @@ def _summary(repo: Path, tracking_uri: str, port: int, mlflow_port: int, elapsed
   API            curl "{api}/predictionForTomorrow?threshold=0.3"
                  -> {answer.strip()}
   What serves    {api}/model
-  The pin        {default_pin_path()}  (git decides what serves)
+  The pin        {p.settings.pin_path()}  (git decides what serves)
 
 Next:""")
     for cmd, why in next_steps:
         click.echo(f"  {cmd.ljust(width)}{why}")
 
 
-def down() -> None:
-    repo = repo_root()
-    state_file = state_dir(repo) / "state.json"
+def down(settings: LocalSettings) -> None:
+    state_file = settings.state_path() / "state.json"
     state = State.load(state_file)
     if not state.processes:
         click.echo("nothing to stop: no servers recorded in " + str(state_file))
@@ -364,10 +366,9 @@ def up_command(offline: bool, source: str | None, mlflow_port: int, port: int, r
     PRIMER_STATE_DIR); `primer down` stops them and `primer up` again resumes.
     Training is skipped when a version is registered and pinned (--retrain forces it).
     """
+    settings = LocalSettings.load()
     try:
-        up(offline=offline, source=source, mlflow_port=mlflow_port, port=port, retrain=retrain)
-    except ServerError as exc:
-        raise click.ClickException(str(exc)) from exc
+        up(plan(settings, offline=offline, source=source, mlflow_port=mlflow_port, port=port), retrain=retrain)
     except KeyboardInterrupt:
         click.echo("\ninterrupted: stopped what this run started; state kept in .primer/", err=True)
         sys.exit(130)
@@ -376,4 +377,4 @@ def up_command(offline: bool, source: str | None, mlflow_port: int, port: int, r
 @click.command("down")
 def down_command() -> None:
     """Stop the servers `primer up` started (state in .primer/, or PRIMER_STATE_DIR, is kept)."""
-    down()
+    down(LocalSettings.load())

@@ -4,17 +4,19 @@ Exactly four endpoints are used, identical in shape on both forges:
 list open PRs, create a PR, close a PR (PATCH state=closed) and comment on a
 PR (the issues comments API). Retries (tenacity) only on connection errors and
 5xx: a 4xx is an answer, not an outage. The token comes only from
-PRIMER_FORGE_TOKEN in the environment.
+PRIMER_FORGE_TOKEN (read by ``contract.settings``).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
+
+from contract.errors import PrimerError
+from contract.settings import PromotionSettings
 
 GITHUB_API = "https://api.github.com"
 GITEA_DEFAULT = "http://gitea:3000"
@@ -23,7 +25,7 @@ PAGE_SIZE = 50  # Gitea's default MAX_RESPONSE_ITEMS; GitHub allows up to 100
 MAX_PAGES = 40
 
 
-class ForgeError(RuntimeError):
+class ForgeError(PrimerError):
     """A forge call failed; the message says which call and what the forge answered."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
@@ -156,19 +158,17 @@ class HttpForge:
         self._request("POST", f"/issues/{number}/comments", json={"body": body})
 
 
-def forge_from_env(env: dict[str, str] | None = None) -> Forge:
+def forge_from_settings(settings: PromotionSettings) -> Forge:
     """PRIMER_FORGE (gitea|github|none, default none), PRIMER_FORGE_URL, PRIMER_FORGE_REPO, PRIMER_FORGE_TOKEN."""
-    env = dict(os.environ) if env is None else env
-    kind = (env.get("PRIMER_FORGE") or "none").strip().lower()
+    kind = settings.forge.strip().lower()
     if kind == "none":
         return NoForge()
-    repo = env.get("PRIMER_FORGE_REPO", "")
-    token = env.get("PRIMER_FORGE_TOKEN") or None
+    repo, token = settings.forge_repo, settings.token()
     if kind == "gitea":
-        url = (env.get("PRIMER_FORGE_URL") or GITEA_DEFAULT).rstrip("/")
+        url = (settings.forge_url or GITEA_DEFAULT).rstrip("/")
         # Accept the web URL (http://gitea:3000) or the API base (.../api/v1).
         api = url if url.endswith("/api/v1") else f"{url}/api/v1"
         return HttpForge("gitea", api, repo, token)
     if kind == "github":
-        return HttpForge("github", env.get("PRIMER_FORGE_URL") or GITHUB_API, repo, token)
+        return HttpForge("github", settings.forge_url or GITHUB_API, repo, token)
     raise ForgeError(f"PRIMER_FORGE must be gitea, github or none, got {kind!r}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import re
 import subprocess
 import tempfile
@@ -25,15 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from contract.errors import PrimerError
 from contract.names import PIN_PATH
 from contract.pin import Pin, PinError, parse_pin, read_pin, write_pin
+from contract.settings import child_env
 
 log = logging.getLogger(__name__)
 
 GIT_TIMEOUT = 120  # seconds: a hung remote must not hang the CronJob forever
 
 
-class GitError(RuntimeError):
+class GitError(PrimerError):
     """A git command failed; the message holds the command and git's own words."""
 
 
@@ -72,11 +73,17 @@ def _auth_args(remote: str | None, token: str | None) -> list[str]:
 
 
 def _identity_args(cwd: Path | None) -> list[str]:
-    """A committer identity when none is configured (a CronJob pod has no ~/.gitconfig)."""
-    if os.environ.get("GIT_COMMITTER_EMAIL") and os.environ.get("GIT_AUTHOR_EMAIL"):
-        return []
-    probe = subprocess.run(["git", "config", "user.email"], cwd=cwd, capture_output=True, text=True)
-    if probe.returncode == 0 and probe.stdout.strip():
+    """A committer identity when git has none it would accept (a CronJob pod has no ~/.gitconfig).
+
+    ``git var`` answers with git's own rules (environment, then config) and fails where a
+    commit would; only then does ours apply, so a human's identity is never replaced.
+    """
+    env = child_env(LC_ALL="C")
+    known = all(
+        subprocess.run(["git", "var", ident], cwd=cwd, capture_output=True, text=True, env=env).returncode == 0
+        for ident in ("GIT_AUTHOR_IDENT", "GIT_COMMITTER_IDENT")
+    )
+    if known:
         return []
     return ["-c", "user.name=primer", "-c", "user.email=primer@localhost"]
 
@@ -85,7 +92,7 @@ def git(*args: str, cwd: Path | str | None = None, remote: str | None = None, to
         check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run one git command; raise :class:`GitError` (token redacted) when it fails and ``check``."""
     cmd = ["git", *_auth_args(remote, token), *args]
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+    env = child_env(GIT_TERMINAL_PROMPT="0", LC_ALL="C")
     try:
         proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=GIT_TIMEOUT)
     except subprocess.TimeoutExpired as exc:

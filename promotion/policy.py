@@ -8,23 +8,21 @@ policy file says (``min_improvement`` cannot be negative).
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import yaml
 
+from contract.errors import SettingsError
 from contract.evidence import METRICS, Evaluation, improvement
-from contract.names import POLICY_PATH
-from contract.pin import repo_root
 
 BOOTSTRAP_MODES = ("commit", "propose")
 # Float subtraction noise (0.53 - 0.52 = 0.00999...) must not flip a decision at the threshold.
 _EPS = 1e-9
 
 
-class PolicyError(ValueError):
+class PolicyError(SettingsError):
     """policy.yaml is missing or malformed; the message names the field."""
 
 
@@ -69,17 +67,9 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
         raise PolicyError(f"{source}: {exc}") from exc
 
 
-def default_policy_path() -> Path:
-    """``PRIMER_POLICY_FILE``, else the repository's copy, else the one shipped in the package."""
-    env = os.environ.get("PRIMER_POLICY_FILE")
-    if env:
-        return Path(env)
-    in_repo = repo_root() / POLICY_PATH
-    return in_repo if in_repo.exists() else Path(__file__).with_name("policy.yaml")
-
-
-def load_policy(path: str | Path | None = None) -> Policy:
-    path = Path(path) if path is not None else default_policy_path()
+def load_policy(path: str | Path) -> Policy:
+    """The policy in ``path`` (``PromotionSettings.policy_path()`` says which file applies)."""
+    path = Path(path)
     try:
         text = path.read_text()
     except FileNotFoundError as exc:

@@ -12,70 +12,77 @@ after this run read its pin), nothing is pushed: outcome ``stale``.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 import tempfile
-from dataclasses import asdict, dataclass, field
-from datetime import date
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tenacity import retry, stop_after_attempt, wait_exponential
 
-from promotion import gitops
 from contract import registry
-from contract.evidence import METRICS, Evaluation, Scores, improvement
-from promotion.forge import Forge, ForgeError, PullRequest, forge_from_env
-from promotion.gitops import GitError, PinMoved
+from contract.errors import PrimerError
+from contract.evidence import METRICS, Evaluation, evaluation_from_dict, improvement
 from contract.names import (
     CHALLENGER_ALIAS, PIN_PATH, POLICY_PATH, PromotionStatus, Tag, promotion_branch, promotion_title,
 )
-from contract.pin import PinError, repo_root
+from contract.pin import PinError
+from contract.settings import PromotionSettings
+from promotion import gitops
+from promotion.forge import Forge, ForgeError, PullRequest, forge_from_settings
+from promotion.gitops import GitError, PinMoved
 from promotion.policy import Policy, PolicyError, Verdict, decide, load_policy
 
 log = logging.getLogger(__name__)
 
-EVALUATION_ARTIFACT = "promotion/evaluation.json"
+# Written once, by the pipeline, on its parent run (ml.tracking.EVALUATION_ARTIFACT).
+EVALUATION_ARTIFACT = "evaluation.json"
+PARENT_RUN_TAG = "mlflow.parentRunId"
 PROMOTION_BRANCH_RE = re.compile("^" + re.escape(promotion_branch(0)[:-1]) + r"(\d+)$")
 
 
-class ProposalError(RuntimeError):
+class ProposalError(PrimerError):
     """Pushing the branch or talking to the forge failed; the version is tagged for retry."""
-
-
-@dataclass(frozen=True)
-class PromotionSettings:
-    remote: str
-    branch: str = "main"
-    token: str | None = None
-
-    @classmethod
-    def from_env(cls) -> PromotionSettings:
-        remote = os.environ.get("PRIMER_GIT_REMOTE")
-        branch = os.environ.get("PRIMER_GIT_BRANCH")
-        if not remote:
-            # The local repository itself (``primer up``): branches are pushed into it, and the
-            # target is the branch checked out there (a user on a feature branch sees the pin move).
-            remote = str(repo_root())
-            if not branch:
-                try:
-                    branch = gitops.checked_out_branch(Path(remote))
-                except GitError:  # not a repository: pushing says so, if the gate ever passes
-                    branch = None
-        return cls(remote=remote, branch=branch or "main", token=os.environ.get("PRIMER_FORGE_TOKEN") or None)
 
 
 class PromotionConfigError(ProposalError):
     """The promotion settings (policy file, forge variables) are unusable; nothing was attempted."""
 
 
-def load_settings() -> tuple[PromotionSettings, Policy, Forge]:
-    """Settings, policy and forge from the environment. The pipeline calls this before it
-    trains anything, so a typo in PRIMER_FORGE_* or the policy costs seconds, not a run."""
+@dataclass(frozen=True)
+class Promotion:
+    """What the promotion step works with, resolved once from the settings."""
+
+    remote: str  # where branches are pushed: a URL, a path, or the local repository
+    branch: str  # the branch the pin lives on
+    token: str | None
+    policy: Policy
+    forge: Forge
+
+
+def _target(settings: PromotionSettings) -> tuple[str, str]:
+    """(remote, branch). Without PRIMER_GIT_REMOTE: the local repository itself (``primer up``),
+    targeting the branch checked out there (a user on a feature branch sees the pin move)."""
+    if settings.git_remote:
+        return settings.git_remote, settings.git_branch or "main"
+    remote = str(settings.repo_root())
+    branch = settings.git_branch
+    if not branch:
+        try:
+            branch = gitops.checked_out_branch(Path(remote))
+        except GitError:  # not a repository: pushing says so, if the gate ever passes
+            branch = None
+    return remote, branch or "main"
+
+
+def load_promotion(settings: PromotionSettings) -> Promotion:
+    """Target, policy and forge from the settings. The pipeline calls this before it trains
+    anything, so a typo in PRIMER_FORGE_* or the policy costs seconds, not a run."""
     try:
-        return PromotionSettings.from_env(), load_policy(), forge_from_env()
+        remote, branch = _target(settings)
+        return Promotion(remote, branch, settings.token(), load_policy(settings.policy_path()),
+                         forge_from_settings(settings))
     except (PolicyError, ForgeError, PinError, GitError) as exc:
         raise PromotionConfigError(f"promotion settings: {exc}") from exc
 
@@ -196,39 +203,26 @@ def pr_body(e: Evaluation, v: Verdict, policy: Policy) -> str:
     return "\n".join(out)
 
 
-# ---------------------------------------------------------------- evaluation persistence (retry)
-
-def evaluation_to_json(e: Evaluation) -> str:
-    return json.dumps(asdict(e), default=str, indent=1, sort_keys=True)
-
-
-def evaluation_from_json(text: str) -> Evaluation:
-    d: dict[str, Any] = json.loads(text)
-    d["eval_start"], d["eval_end"] = date.fromisoformat(d["eval_start"]), date.fromisoformat(d["eval_end"])
-    d["challenger"] = Scores(**d["challenger"])
-    d["champion"] = Scores(**d["champion"]) if d.get("champion") else None
-    d["baselines"] = {k: Scores(**s) for k, s in (d.get("baselines") or {}).items()}
-    return Evaluation(**d)
-
-
-def _save_evaluation(c: Any, e: Evaluation) -> None:
-    try:
-        c.log_text(e.challenger_run_id, evaluation_to_json(e), EVALUATION_ARTIFACT)
-    except Exception as exc:  # provenance only: never block a proposal on it
-        log.warning("could not save %s on run %s: %s", EVALUATION_ARTIFACT, e.challenger_run_id, exc)
-
+# ---------------------------------------------------------------- saved evidence (retry)
 
 def _load_evaluation(c: Any, version: int) -> Evaluation | None:
+    """The evaluation the pipeline logged for ``version`` (on its run's parent), None if there is none."""
     mv = registry.get_version(c, version)
     if mv is None or not mv.run_id:
         return None
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = c.download_artifacts(mv.run_id, EVALUATION_ARTIFACT, tmp)
-            return evaluation_from_json(Path(path).read_text())
+        run_id = c.get_run(mv.run_id).data.tags.get(PARENT_RUN_TAG, mv.run_id)
+        return evaluation_from_dict(_download_dict(c, run_id, EVALUATION_ARTIFACT))
     except Exception as exc:
         log.warning("no saved evaluation for v%s (%s); cannot retry it", version, exc)
         return None
+
+
+def _download_dict(c: Any, run_id: str, path: str) -> dict[str, Any]:
+    import json
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return dict(json.loads(Path(c.download_artifacts(run_id, path, tmp)).read_text()))
 
 
 # ---------------------------------------------------------------- the step
@@ -259,37 +253,42 @@ def _supersede(c: Any, forge: Forge, version: int, pr_url: str | None, pinned: i
     return sorted(done - {pinned})
 
 
-def _propose(e: Evaluation, verdict: Verdict, policy: Policy, settings: PromotionSettings,
-             forge: Forge, c: Any) -> ProposalOutcome:
+def _bootstrap_commit(verdict: Verdict, p: Promotion) -> bool:
+    return verdict.bootstrap and p.policy.bootstrap == "commit"
+
+
+def _push(e: Evaluation, verdict: Verdict, p: Promotion, msg: str) -> tuple[ProposalOutcome, int | None]:
+    """Commit (bootstrap) or push a branch and open or reuse its PR; (outcome, version now pinned)."""
     n = e.challenger_version
-    branch, title = promotion_branch(n, e.model_name), promotion_title(n, e.model_name)
-    _require_registered(c, e)  # before touching git: never pin a version the registry does not have
-    msg = commit_message(e, verdict)
-    _save_evaluation(c, e)
     # The gate compared against e.champion_version (the pin this run read); git must still pin it.
     base = e.champion_version
+    if _bootstrap_commit(verdict, p):
+        res = gitops.commit_pin_direct(p.remote, p.branch, n, msg, p.token, expected_base=base)
+        status = "already_pinned" if res.already_pinned else "committed"
+        return ProposalOutcome(status, n, verdict, p.branch, None, res.commit), n
+    branch = promotion_branch(n, e.model_name)
+    res = gitops.push_pin_branch(p.remote, p.branch, branch, n, msg, p.token, expected_base=base)
+    if res.already_pinned:
+        return ProposalOutcome("already_pinned", n, verdict, p.branch, None, res.commit), n
+    if p.forge.kind == "none":
+        return ProposalOutcome("branch_only", n, verdict, branch, None, res.commit), res.base_version
+    title = promotion_title(n, e.model_name)
+    pr, created = _open_pr(p.forge, title, pr_body(e, verdict, p.policy), branch, p.branch)
+    outcome = ProposalOutcome("proposed" if created else "reused", n, verdict, branch, pr.url, res.commit)
+    return outcome, res.base_version
+
+
+def _propose(e: Evaluation, verdict: Verdict, p: Promotion, c: Any) -> ProposalOutcome:
+    n = e.challenger_version
+    _require_registered(c, e)  # before touching git: never pin a version the registry does not have
     try:
-        if verdict.bootstrap and policy.bootstrap == "commit":
-            res = gitops.commit_pin_direct(settings.remote, settings.branch, n, msg, settings.token,
-                                           expected_base=base)
-            outcome = ProposalOutcome("already_pinned" if res.already_pinned else "committed", n, verdict,
-                                      settings.branch, None, res.commit)
-            pinned = n
-        else:
-            res = gitops.push_pin_branch(settings.remote, settings.branch, branch, n, msg, settings.token,
-                                         expected_base=base)
-            if res.already_pinned:
-                return ProposalOutcome("already_pinned", n, verdict, settings.branch, None, res.commit)
-            pinned = res.base_version
-            if forge.kind == "none":
-                outcome = ProposalOutcome("branch_only", n, verdict, branch, None, res.commit)
-            else:
-                pr, created = _open_pr(forge, title, pr_body(e, verdict, policy), branch, settings.branch)
-                outcome = ProposalOutcome("proposed" if created else "reused", n, verdict, branch, pr.url, res.commit)
-        outcome.superseded = _supersede(c, forge, n, outcome.pr_url, pinned)
+        outcome, pinned = _push(e, verdict, p, commit_message(e, verdict))
+        if outcome.status == "already_pinned" and not _bootstrap_commit(verdict, p):
+            return outcome  # a proposal for what already serves: nothing to supersede or tag
+        outcome.superseded = _supersede(c, p.forge, n, outcome.pr_url, pinned)
     except PinMoved as exc:  # not a failure: the evidence is stale, nothing was pushed, nothing to retry
         log.warning("v%s not proposed: %s", n, exc)
-        return ProposalOutcome("stale", n, verdict, settings.branch, detail=str(exc))
+        return ProposalOutcome("stale", n, verdict, p.branch, detail=str(exc))
     except (GitError, ForgeError, PinError) as exc:
         try:
             registry.set_status(c, n, PromotionStatus.PROPOSAL_FAILED)
@@ -329,7 +328,7 @@ def _require_registered(c: Any, e: Evaluation) -> None:
                             "refusing to pin a version that does not exist (nothing pushed)")
 
 
-def _retry_failed(e: Evaluation, policy: Policy, settings: PromotionSettings, forge: Forge, c: Any) -> ProposalOutcome | None:
+def _retry_failed(e: Evaluation, p: Promotion, c: Any) -> ProposalOutcome | None:
     """Retry the newest ``proposal_failed`` version whose saved evidence is against today's champion."""
     for n in reversed(registry.versions_with_status(c, PromotionStatus.PROPOSAL_FAILED)):
         if n == e.challenger_version:
@@ -337,32 +336,34 @@ def _retry_failed(e: Evaluation, policy: Policy, settings: PromotionSettings, fo
         saved = _load_evaluation(c, n)
         if saved is None or saved.champion_version != e.champion_version:
             continue  # the champion changed since: its comparison is stale, a newer run must win again
-        verdict = decide(saved, policy)
+        verdict = decide(saved, p.policy)
         if verdict.passed:
             log.info("retrying the failed proposal of v%s", n)
-            return _propose(saved, verdict, policy, settings, forge, c)
+            return _propose(saved, verdict, p, c)
     return None
 
 
-def propose_from_evaluation(evaluation: Evaluation, *, settings: PromotionSettings | None = None,
-                            policy: Policy | None = None, forge: Forge | None = None) -> ProposalOutcome:
+def propose_from_evaluation(evaluation: Evaluation, settings: PromotionSettings | None = None, *,
+                            promotion: Promotion | None = None) -> ProposalOutcome:
     """Gate ``evaluation``; when it passes, push the pin branch and open (or reuse) the PR.
 
+    ``promotion`` (else resolved from ``settings``) says where and under which policy.
     Raises :class:`ProposalError` when git or the forge fails (after tagging the version for retry).
     """
-    if settings is None or policy is None or forge is None:
-        env_settings, env_policy, env_forge = load_settings()
-        settings, policy, forge = settings or env_settings, policy or env_policy, forge or env_forge
-    verdict = decide(evaluation, policy)
+    if promotion is None:
+        if settings is None:
+            raise TypeError("propose_from_evaluation needs settings or promotion")
+        promotion = load_promotion(settings)
+    verdict = decide(evaluation, promotion.policy)
     c = registry.client(evaluation.tracking_uri)
     if not verdict.passed:
         outcome = ProposalOutcome("rejected", evaluation.challenger_version, verdict)
         try:
-            outcome.retried = _retry_failed(evaluation, policy, settings, forge, c)
+            outcome.retried = _retry_failed(evaluation, promotion, c)
         except ProposalError:
             raise  # the retry itself failed: exit non-zero with its reason, like a first attempt
         except Exception as exc:  # looking for failed proposals is best effort; the gate verdict stands
             log.warning("could not look for failed proposals to retry: %s", exc)
         return outcome
-    return _propose(evaluation, verdict, policy, settings, forge, c)
+    return _propose(evaluation, verdict, promotion, c)
 

@@ -5,7 +5,8 @@
   pin nor the developer's shell leak in, and no test can act on this checkout.
 - Tests use the session MLflow servers (tests/conftest.py); the model name
   ``spy-direction`` is fixed, so they assert versions relative to each other.
-- ``train`` runs the real ``primer train`` CLI in-process (click's CliRunner).
+- ``train`` runs the real ``primer train`` CLI in-process (click's CliRunner) and keeps
+  the ``PipelineResult`` it got, so tests assert on the result rather than parse its output.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from unittest.mock import patch
 
 import pandas as pd
 import pytest
@@ -21,12 +24,11 @@ from click.testing import CliRunner, Result
 
 from primer.cli import main
 from ml.data import synthetic_prices
+from tests.support import scrub_environ, write_pin_text
 
-PRIMER_VARS = (
-    "PRIMER_DATA_SOURCE", "PRIMER_SYNTHETIC_SEED", "PRIMER_MODE", "PRIMER_REPLAY_START",
-    "PRIMER_REPLAY_EPOCH", "PRIMER_REPLAY_INTERVAL_SECONDS", "PRIMER_EVAL_DAYS", "PRIMER_TRAIN_YEARS",
-    "PRIMER_CANDIDATES_FILE", "PRIMER_PIN_FILE",
-)
+if TYPE_CHECKING:
+    from ml.pipeline import PipelineResult
+
 # A small grid keeps the integration tests quick; the packaged grid is tested in test_train.py.
 FAST_GRID = """\
 select_by: log_loss
@@ -39,10 +41,8 @@ ANCHOR = date(2024, 6, 28)
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    for name in PRIMER_VARS:
-        monkeypatch.delenv(name, raising=False)
-    pin = tmp_path / "model-version.yaml"
-    pin.write_text("model: spy-direction\nversion: null\n")
+    scrub_environ(monkeypatch)
+    pin = write_pin_text(tmp_path / "model-version.yaml", None)
     monkeypatch.setenv("PRIMER_PIN_FILE", str(pin))
     # Never this checkout: whatever a test runs (git_sha, a promotion step) sees an empty folder.
     no_repo = tmp_path / "no-repo"
@@ -76,16 +76,29 @@ def write_csv(frame: pd.DataFrame, path: Path, upper: bool = True) -> Path:
 
 @dataclass
 class Trainer:
+    """``primer train ARGS`` in-process; ``last`` is the run's ``PipelineResult`` (None if it failed)."""
+
     uri: str
     pin: Path
+    last: PipelineResult | None = None
 
     def __call__(self, *args: str, env: dict[str, str] | None = None) -> Result:
+        import ml.pipeline
+
+        run_pipeline = ml.pipeline.run_pipeline
+
+        def recording(*a: Any, **kw: Any) -> PipelineResult:
+            self.last = run_pipeline(*a, **kw)
+            return self.last
+
+        self.last = None
         runner = CliRunner()
         full_env = {"MLFLOW_TRACKING_URI": self.uri, **(env or {})}
-        return runner.invoke(main, ["train", *args], env=full_env, catch_exceptions=False)
+        with patch.object(ml.pipeline, "run_pipeline", recording):  # the CLI looks it up when it runs
+            return runner.invoke(main, ["train", *args], env=full_env, catch_exceptions=False)
 
     def pin_version(self, version: int | None) -> None:
-        self.pin.write_text(f"model: spy-direction\nversion: {'null' if version is None else version}\n")
+        write_pin_text(self.pin, version)
 
 
 @pytest.fixture

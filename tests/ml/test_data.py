@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from contract.errors import SettingsError
+from contract.settings import DataSettings
 from ml import data
 from ml.data import DataSourceError, load_prices, parse_spec, synthetic_prices, yfinance_prices
 from tests.ml.conftest import write_csv
@@ -49,7 +51,7 @@ def test_synthetic_looks_like_daily_index_bars():
 def test_synthetic_spec_and_env_seed(monkeypatch: pytest.MonkeyPatch):
     end = date(2015, 1, 30)
     monkeypatch.setenv("PRIMER_SYNTHETIC_SEED", "9")
-    via_env = load_prices("synthetic", end=end)
+    via_env = load_prices("synthetic", end=end, seed=DataSettings.load().synthetic_seed)
     via_spec = load_prices("synthetic:9", end=end)
     pd.testing.assert_frame_equal(via_env, via_spec)
     assert via_env["date"].iloc[-1] <= pd.Timestamp(end)
@@ -61,14 +63,15 @@ def test_synthetic_spec_and_env_seed(monkeypatch: pytest.MonkeyPatch):
 def test_bad_env_seed_is_named_and_empty_env_means_default(monkeypatch: pytest.MonkeyPatch):
     # A malformed seed used to escape as a bare int() ValueError (a traceback from primer train).
     monkeypatch.setenv("PRIMER_SYNTHETIC_SEED", "seven")
-    with pytest.raises(DataSourceError, match="PRIMER_SYNTHETIC_SEED must be an integer, got 'seven'"):
-        load_prices("synthetic", end=date(2015, 1, 30))
+    with pytest.raises(SettingsError, match="PRIMER_SYNTHETIC_SEED must be an integer, got 'seven'"):
+        DataSettings.load()
     # Empty values (as a manifest may set them) mean "unset", not an empty seed or source.
     monkeypatch.setenv("PRIMER_SYNTHETIC_SEED", "")
-    pd.testing.assert_frame_equal(load_prices("synthetic", end=date(2015, 1, 30)),
+    seed = DataSettings.load().synthetic_seed
+    pd.testing.assert_frame_equal(load_prices("synthetic", end=date(2015, 1, 30), seed=seed),
                                   load_prices(f"synthetic:{data.DEFAULT_SEED}", end=date(2015, 1, 30)))
     monkeypatch.setenv("PRIMER_DATA_SOURCE", "")
-    assert data.default_source() == "yfinance"
+    assert DataSettings.load().data_source == "yfinance"
 
 
 @pytest.mark.parametrize("spec", ["", "csv:", "yahoo", "synthetic:abc", "yfinance:SPY"])

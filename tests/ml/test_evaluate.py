@@ -20,6 +20,7 @@ from ml.evaluate import (
     split_windows,
 )
 from ml.features import LABEL, build_features
+from contract.settings import TrainSettings
 from ml.train import CandidateConfigError, build_estimator, fit, load_grid
 from contract.evidence import Scores
 
@@ -98,7 +99,7 @@ def test_grid_override_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     path = tmp_path / "g.yaml"
     path.write_text("candidates:\n  - {name: gb, family: gradient_boosting, params: {n_estimators: 5}}\n")
     monkeypatch.setenv("PRIMER_CANDIDATES_FILE", str(path))
-    assert [c.name for c in load_grid().candidates] == ["gb"]
+    assert [c.name for c in load_grid(TrainSettings.load().candidates_file).candidates] == ["gb"]
     cases = {
         "candidates: []\n": "non-empty 'candidates'",
         "candidates:\n  - {name: x, family: svm}\n": "unknown family 'svm'",

@@ -11,11 +11,11 @@ each other (N, then N+1), never as literal numbers.
 from __future__ import annotations
 
 import json
-import re
 from datetime import date
 from pathlib import Path
 
 import mlflow
+from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 import numpy as np
 import pandas as pd
 import pytest
@@ -27,6 +27,7 @@ from ml.evaluate import score_model, split_windows
 from ml.features import FEATURE_COLUMNS, build_features
 from ml.train import load_grid
 from contract.names import CHALLENGER_ALIAS, EXPERIMENT_NAME, MODEL_NAME, Tag
+from tests.ml.conftest import Trainer
 
 FIRST_ANCHOR = date(2024, 3, 28)
 SECOND_ANCHOR = date(2024, 6, 28)
@@ -38,10 +39,11 @@ def _scores_from_output(output: str, prefix: str) -> dict[str, float]:
     return {words[i]: float(words[i + 1]) for i in range(0, len(words) - 1, 2) if words[i + 1] != "n/a"}
 
 
-def _registered(output: str) -> int:
-    match = re.search(r"^\[register\] spy-direction v(\d+) ", output, re.M)
-    assert match, output
-    return int(match.group(1))
+def _registered(train: Trainer, output: str) -> int:
+    """The version the run registered: its PipelineResult's, which the output names too."""
+    assert train.last is not None, output
+    assert f"\n[register] {MODEL_NAME} v{train.last.version} " in "\n" + output, output
+    return train.last.version
 
 
 def test_two_runs_register_then_rescore_the_pinned_champion(any_mlflow_server, trainer_factory, fast_grid: Path):
@@ -53,7 +55,8 @@ def test_two_runs_register_then_rescore_the_pinned_champion(any_mlflow_server, t
     first = train("--source", "synthetic:7", "--anchor", FIRST_ANCHOR.isoformat(), "--train-years", "2", "--no-promote")
     assert first.exit_code == 0, first.output
     assert "[champion] none pinned yet" in first.output
-    n = _registered(first.output)
+    n = _registered(train, first.output)
+    assert train.last.evaluation.champion_version is None
     v1 = client.get_model_version(MODEL_NAME, str(n))
     assert v1.tags[Tag.PROMOTION_STATUS] == "candidate"
     assert v1.tags[Tag.DATA_SOURCE] == "synthetic:7"
@@ -84,8 +87,7 @@ def test_two_runs_register_then_rescore_the_pinned_champion(any_mlflow_server, t
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # Latest feature row for serving, as of the anchor.
-    mlflow.set_tracking_uri(uri)
-    latest = registry.latest_features(v1.run_id)
+    latest = registry.Tracker(uri).latest_features(v1.run_id)
     assert latest["as_of"] == FIRST_ANCHOR.isoformat()
     assert list(latest["features"]) == list(FEATURE_COLUMNS)
 
@@ -102,11 +104,12 @@ def test_two_runs_register_then_rescore_the_pinned_champion(any_mlflow_server, t
     assert json.loads(inputs[0].dataset.source)["url"].startswith(uri)
 
     # Serving's view: the model loads back from the registry and predicts probabilities.
-    model = mlflow.sklearn.load_model(f"models:/{MODEL_NAME}/{n}")
+    model = registry.Tracker(uri).load_version(n)
     row = pd.DataFrame([latest["features"]])
     p = model.predict_proba(row)
     assert p.shape == (1, 2) and 0.0 < p[0, 1] < 1.0
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{n}")
+    with _use_tracking_uri(uri):  # MLflow resolves models:/ through its global URI
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{n}")
     assert np.allclose(np.asarray(pyfunc.predict(row)), p)
 
     # ---- run 2: a later anchor, the pin names version n
@@ -114,7 +117,9 @@ def test_two_runs_register_then_rescore_the_pinned_champion(any_mlflow_server, t
     second = train("--source", "synthetic:7", "--anchor", SECOND_ANCHOR.isoformat(), "--train-years", "2",
                    "--candidates", str(fast_grid), "--no-promote")
     assert second.exit_code == 0, second.output
-    assert _registered(second.output) == n + 1
+    assert _registered(train, second.output) == n + 1
+    result = train.last.evaluation
+    assert result.challenger_version == n + 1 and result.champion_version == n and result.champion is not None
     v2 = client.get_model_version(MODEL_NAME, str(n + 1))
     assert client.get_model_version_by_alias(MODEL_NAME, CHALLENGER_ALIAS).version == str(n + 1)
     assert v2.tags[Tag.EVAL_END] > v1.tags[Tag.EVAL_END]
@@ -129,6 +134,11 @@ def test_two_runs_register_then_rescore_the_pinned_champion(any_mlflow_server, t
     assert window.index[0].date().isoformat() == v2.tags[Tag.EVAL_START]
     assert window.index[-1].date().isoformat() == v2.tags[Tag.EVAL_END]
     expected, _ = score_model(model, window)
+    assert result.champion.accuracy == pytest.approx(expected.accuracy)
+    assert result.champion.log_loss == pytest.approx(expected.log_loss)
+    assert result.champion.brier == pytest.approx(expected.brier)
+    assert (result.eval_start.isoformat(), result.eval_end.isoformat()) == (v2.tags[Tag.EVAL_START], v2.tags[Tag.EVAL_END])
+    # ...and the line the operator reads says so.
     assert reported["acc"] == pytest.approx(expected.accuracy, abs=5e-4)
     assert reported["log_loss"] == pytest.approx(expected.log_loss, abs=5e-5)
     assert reported["brier"] == pytest.approx(expected.brier, abs=5e-5)
@@ -148,12 +158,13 @@ def test_a_champion_that_saw_this_window_is_flagged(mlflow_server, trainer_facto
     args = ("--source", "synthetic:7", "--train-years", "1", "--candidates", str(fast_grid), "--no-promote")
     later = train(*args, "--anchor", SECOND_ANCHOR.isoformat())
     assert later.exit_code == 0, later.output
-    n = _registered(later.output)
+    n = _registered(train, later.output)
     seen_until = MlflowClient(tracking_uri=mlflow_server.uri).get_model_version(MODEL_NAME, str(n)).tags[Tag.EVAL_START]
     train.pin_version(n)
     earlier = train(*args, "--anchor", FIRST_ANCHOR.isoformat())
     assert earlier.exit_code == 0, earlier.output
     assert f"[champion] v{n} on the same window:" in earlier.output
+    assert train.last.evaluation.champion_version == n and train.last.evaluation.champion is not None
     assert (f"WARNING: champion {MODEL_NAME} v{n} was trained on rows before {seen_until}, inside this run's "
             "evaluation window") in earlier.output
 
@@ -163,14 +174,12 @@ def test_every_family_round_trips_through_skops(family: str, mlflow_server, mark
     """The trusted types passed to log_model are enough for mlflow.sklearn.load_model."""
     from ml.train import fit
 
-    mlflow.set_tracking_uri(mlflow_server.uri)
-    mlflow.set_experiment("ml-tests-skops")
+    tracker = registry.Tracker(mlflow_server.uri)
     cand = next(c for c in load_grid().candidates if c.family == family)
     w = split_windows(build_features(market.tail(400).reset_index(drop=True)), 60)
     model = fit(cand, w.train)
-    with mlflow.start_run():
-        info = registry.log_model(model, w.train)
-    loaded = mlflow.sklearn.load_model(info.model_uri)
+    run_id = tracker.start_run(tracker.experiment_id("ml-tests-skops"), f"skops-{family}", {})
+    loaded = tracker.load_model(tracker.log_model(run_id, model, w.train))
     X = w.eval.loc[:, list(FEATURE_COLUMNS)]
     assert np.allclose(loaded.predict_proba(X), model.predict_proba(X))
 

@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 
 from ml.pipeline import PipelineConfig, prepare_data
-from ml.replay import ReplayClock, ReplayConfigError, clock_from_env, mode_from_env
+from contract.errors import SettingsError
+from contract.settings import TrainSettings
+from ml.replay import ReplayClock, ReplayConfigError, clock_from_settings
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -35,31 +37,40 @@ def test_anchor_moves_one_trading_day_per_step_and_skips_holidays():
     assert ReplayClock(date(2020, 12, 25), EPOCH, 60).anchor(dates, EPOCH) == date(2020, 12, 28)
 
 
-def test_env_parsing_names_the_variable():
+def _clock(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> ReplayClock:
+    for key in ("PRIMER_REPLAY_START", "PRIMER_REPLAY_EPOCH", "PRIMER_REPLAY_INTERVAL_SECONDS", "PRIMER_MODE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return clock_from_settings(TrainSettings.load())
+
+
+def test_env_parsing_names_the_variable(monkeypatch: pytest.MonkeyPatch):
     env = {"PRIMER_REPLAY_START": "2019-01-02", "PRIMER_REPLAY_EPOCH": "2026-01-01T00:00:00Z",
            "PRIMER_REPLAY_INTERVAL_SECONDS": "120"}
-    clock = clock_from_env(env)
+    clock = _clock(monkeypatch, env)
     assert clock == ReplayClock(date(2019, 1, 2), EPOCH, 120.0)
     for key, bad in [("PRIMER_REPLAY_START", "soon"), ("PRIMER_REPLAY_EPOCH", "noon"),
                      ("PRIMER_REPLAY_INTERVAL_SECONDS", "0"), ("PRIMER_REPLAY_INTERVAL_SECONDS", "nan"),
                      ("PRIMER_REPLAY_INTERVAL_SECONDS", "inf")]:
-        with pytest.raises(ReplayConfigError, match=key):
-            clock_from_env({**env, key: bad})
+        with pytest.raises(SettingsError, match=key):
+            _clock(monkeypatch, {**env, key: bad})
     with pytest.raises(ReplayConfigError, match="PRIMER_REPLAY_EPOCH"):
-        clock_from_env({"PRIMER_REPLAY_START": "2019-01-02"})
-    assert mode_from_env({}) == "live"
-    with pytest.raises(ReplayConfigError, match="PRIMER_MODE"):
-        mode_from_env({"PRIMER_MODE": "fast"})
+        _clock(monkeypatch, {"PRIMER_REPLAY_START": "2019-01-02"})
+    assert TrainSettings.load().mode == "live"
+    with pytest.raises(SettingsError, match="PRIMER_MODE"):
+        _clock(monkeypatch, {"PRIMER_MODE": "fast"})
 
 
 def test_pipeline_anchor_in_replay_mode(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setenv("PRIMER_REPLAY_START", "2018-01-02")
     monkeypatch.setenv("PRIMER_REPLAY_EPOCH", "2026-01-01T00:00:00Z")
     monkeypatch.setenv("PRIMER_REPLAY_INTERVAL_SECONDS", "300")
+    settings = TrainSettings.load(data_source="synthetic:3", mode="replay", train_years=1)
     lines: list[str] = []
     anchors = []
     for minutes in (0, 5, 20):
-        cfg = PipelineConfig(source="synthetic:3", mode="replay", train_years=1, now=EPOCH + timedelta(minutes=minutes))
+        cfg = PipelineConfig(settings, now=EPOCH + timedelta(minutes=minutes))
         prices, anchor = prepare_data(cfg, echo=lines.append)
         assert prices["date"].iloc[-1].date() == anchor, "nothing after the anchor is visible"
         anchors.append(anchor)

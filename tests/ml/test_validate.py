@@ -173,4 +173,6 @@ def test_clean_csv_trains_through_the_cli(market: pd.DataFrame, tmp_path: Path, 
     assert result.exit_code == 0, result.output
     assert _counts(mlflow_server.uri)[0] == before_versions + 1
     assert "[register] spy-direction v" in result.output
+    assert train.last is not None and train.last.anchor == ANCHOR
+    assert train.last.evaluation.data_source == f"csv:{csv}"
     assert f"rows loaded up to {ANCHOR}" in result.output and f"(anchor {ANCHOR})" in result.output

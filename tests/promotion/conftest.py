@@ -10,6 +10,8 @@ keep the two suites from seeing each other's registry state.
 
 from __future__ import annotations
 
+from typing import Any
+
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -19,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import free_port, start_mlflow_server, stop_process
+from tests.support import register_tiny_version, running_mlflow, scrub_environ
 from contract.evidence import Evaluation, Scores
-from contract.names import EXPERIMENT_NAME, MODEL_NAME, PIN_PATH, POLICY_PATH
+from contract.names import EXPERIMENT_NAME, MODEL_NAME, PIN_PATH, POLICY_PATH, PromotionStatus, Tag
 from contract.pin import PIN_TEMPLATE
 from tests.promotion.fakeforge import FakeForge
 
@@ -36,45 +38,19 @@ class Registry:
 
 @pytest.fixture(scope="session")
 def promo_mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    root = tmp_path_factory.mktemp("promo-mlflow")
-    port = free_port()
-    proc = start_mlflow_server(f"sqlite:///{root / 'mlflow.db'}", root / "artifacts", port, root / "mlflow.log")
-    uri = f"http://127.0.0.1:{port}"
-    try:
+    # Short grace on stop: uvicorn waits for idle keep-alive connections of MlflowClient before exiting.
+    with running_mlflow(tmp_path_factory.mktemp("promo-mlflow"), stop_timeout=3) as uri:
         from mlflow.tracking import MlflowClient
 
-        exp_id = MlflowClient(uri).create_experiment(EXPERIMENT_NAME)
-        yield Registry(uri, exp_id)
-    finally:
-        # Short grace: uvicorn waits for idle keep-alive connections of MlflowClient before exiting.
-        stop_process(proc, timeout=3)
+        yield Registry(uri, MlflowClient(uri).create_experiment(EXPERIMENT_NAME))
 
 
 @pytest.fixture
 def new_version(promo_mlflow: Registry) -> Callable[[], tuple[int, str]]:
     """Log a tiny real sklearn model in its own candidate run and register it as a new
     version of spy-direction; returns (version, run_id)."""
-    import mlflow
-    import numpy as np
-    import pandas as pd
-    from sklearn.linear_model import LogisticRegression
-
-    from ml.features import FEATURE_COLUMNS
-
-    mlflow.set_tracking_uri(promo_mlflow.uri)
-    rng = np.random.default_rng(0)
-    X = pd.DataFrame(rng.normal(size=(40, len(FEATURE_COLUMNS))), columns=FEATURE_COLUMNS)
-    y = (X.iloc[:, 0] > 0).astype(int)
-
-    def make() -> tuple[int, str]:
-        with mlflow.start_run(experiment_id=promo_mlflow.experiment_id, run_name="candidate") as run:
-            mlflow.sklearn.log_model(LogisticRegression().fit(X, y), name="model",
-                                     serialization_format="pickle", pip_requirements=["scikit-learn"])
-        mv = mlflow.register_model(f"runs:/{run.info.run_id}/model", MODEL_NAME,
-                                   tags={"promotion_status": "candidate"})
-        return int(mv.version), run.info.run_id
-
-    return make
+    return lambda: register_tiny_version(promo_mlflow.uri, promo_mlflow.experiment_id,
+                                         tags={Tag.PROMOTION_STATUS.value: PromotionStatus.CANDIDATE.value})
 
 
 def scores(x: float) -> Scores:
@@ -131,9 +107,7 @@ def repos(tmp_path: Path) -> Repos:
 @pytest.fixture
 def promo_env(monkeypatch: pytest.MonkeyPatch, promo_mlflow: Registry, repos: Repos) -> Repos:
     """Environment for CLI + propose: the clone is the repo, the bare repo the remote, no forge."""
-    for var in ("PRIMER_PIN_FILE", "PRIMER_POLICY_FILE", "PRIMER_FORGE_URL", "PRIMER_FORGE_REPO",
-                "PRIMER_FORGE_TOKEN", "PRIMER_SERVICE_URL"):
-        monkeypatch.delenv(var, raising=False)
+    scrub_environ(monkeypatch)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", promo_mlflow.uri)
     monkeypatch.setenv("PRIMER_REPO_DIR", str(repos.work))
     monkeypatch.setenv("PRIMER_GIT_REMOTE", str(repos.remote))
@@ -166,3 +140,20 @@ def use_forge(monkeypatch: pytest.MonkeyPatch, forge: FakeForge, token: str | No
     monkeypatch.setenv("PRIMER_FORGE_REPO", forge.repo)
     monkeypatch.setenv("PRIMER_FORGE_TOKEN", token or forge.token)
 
+
+
+def propose(evaluation: Evaluation) -> Any:
+    """The promotion step as the pipeline runs it: settings read from the environment once, then passed."""
+    from contract.settings import PromotionSettings
+    from promotion.propose import propose_from_evaluation
+
+    return propose_from_evaluation(evaluation, PromotionSettings.load())
+
+
+def record_evaluation(reg: Registry, evaluation: Evaluation) -> None:
+    """Log ``evaluation.json`` on the evaluation's parent run, as the pipeline does (its one copy)."""
+    from mlflow.tracking import MlflowClient
+
+    from contract.evidence import evaluation_to_dict
+
+    MlflowClient(reg.uri).log_dict(evaluation.parent_run_id, evaluation_to_dict(evaluation), "evaluation.json")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from contract.settings import PromotionSettings
 from promotion.gitops import GitError, local_path, remote_branch_sha
 from tests.promotion.git_http import GitHttpServer
 
@@ -84,7 +85,7 @@ def test_push_to_a_named_remote_sends_the_token(http_git: tuple[str, list[dict[s
     monkeypatch.setenv("PRIMER_GIT_REMOTE", "upstream")
     monkeypatch.setenv("PRIMER_FORGE_TOKEN", "tok-named-remote")
     with pytest.raises(GitError) as err:  # the stand-in answers 403
-        _push(repo)
+        _push(PromotionSettings.load(), repo)
     assert "tok-named-remote" not in str(err.value)
     expected = "Basic " + base64.b64encode(b"x-access-token:tok-named-remote").decode()
     assert seen and all(h.get("Authorization") == expected for h in seen)

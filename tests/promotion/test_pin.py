@@ -9,12 +9,13 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from primer.cli import PrimerGroup
 from primer.promotion_commands import COMMANDS, EXIT_UNREACHABLE
 from contract.pin import PIN_TEMPLATE, PinError, parse_pin, read_pin, render_pin, write_pin
 from tests.support import free_port
 from tests.promotion.conftest import Registry
 
-CLI = click.Group("primer", commands=list(COMMANDS))
+CLI = PrimerGroup("primer", commands=list(COMMANDS))
 
 HEADER = "# promote: primer promote N\n# keep this comment\n"
 

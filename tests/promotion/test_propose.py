@@ -13,15 +13,16 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from tests.support import free_port
+from primer.cli import PrimerGroup
 from primer.promotion_commands import COMMANDS
 from contract.evidence import Evaluation
 from contract.names import MODEL_NAME, PIN_PATH, PromotionStatus, Tag, promotion_branch
 from contract.pin import parse_pin, render_pin
-from promotion.propose import ProposalError, ProposalOutcome, propose_from_evaluation
-from tests.promotion.conftest import Registry, Repos, git, make_evaluation, use_forge
+from promotion.propose import ProposalError, ProposalOutcome
+from tests.promotion.conftest import Registry, Repos, git, make_evaluation, propose, record_evaluation, use_forge
 from tests.promotion.fakeforge import FakeForge
 
-CLI = click.Group("primer", commands=list(COMMANDS))
+CLI = PrimerGroup("primer", commands=list(COMMANDS))
 Versions = Callable[[], tuple[int, str]]
 
 
@@ -51,7 +52,7 @@ def remote_branches(repos: Repos) -> list[str]:
 
 def test_gate_failure_changes_nothing(promo_env: Repos, promo_mlflow: Registry, new_version: Versions) -> None:
     _, v, e = challenge(promo_env, promo_mlflow, new_version, 0.555, champion_score=0.55)
-    out = propose_from_evaluation(e)
+    out = propose(e)
     assert out.status == "rejected" and "< min_improvement 0.01" in out.message
     assert status_of(promo_mlflow, v) == PromotionStatus.CANDIDATE
     assert remote_branches(promo_env) == ["main"]
@@ -59,11 +60,11 @@ def test_gate_failure_changes_nothing(promo_env: Repos, promo_mlflow: Registry, 
 
 def test_no_forge_pushes_the_branch_only(promo_env: Repos, promo_mlflow: Registry, new_version: Versions) -> None:
     _, v, e = challenge(promo_env, promo_mlflow, new_version)
-    out = propose_from_evaluation(e)
+    out = propose(e)
     assert out.status == "branch_only" and out.pr_url is None
     assert promotion_branch(v) in remote_branches(promo_env)
     assert status_of(promo_mlflow, v) == PromotionStatus.PROPOSED
-    assert propose_from_evaluation(e).status == "branch_only"  # the existing branch is reused
+    assert propose(e).status == "branch_only"  # the existing branch is reused
     assert git("rev-list", "--count", f"main..{promotion_branch(v)}", cwd=promo_env.remote) == "1"
 
 
@@ -73,12 +74,12 @@ def test_forge_down_then_up(promo_env: Repos, promo_mlflow: Registry, new_versio
     use_forge(monkeypatch, gitea)
     monkeypatch.setenv("PRIMER_FORGE_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens
     with pytest.raises(ProposalError, match="unreachable") as err:
-        propose_from_evaluation(e)
+        propose(e)
     assert "proposal_failed" in str(err.value)
     assert status_of(promo_mlflow, v) == PromotionStatus.PROPOSAL_FAILED
     assert MlflowClient(promo_mlflow.uri).get_model_version(MODEL_NAME, str(v)) is not None  # kept
     monkeypatch.setenv("PRIMER_FORGE_URL", gitea.url)
-    out = propose_from_evaluation(e)  # re-running the same step completes it
+    out = propose(e)  # re-running the same step completes it
     assert out.status == "proposed" and len(gitea.prs) == 1
     assert status_of(promo_mlflow, v) == PromotionStatus.PROPOSED
 
@@ -88,7 +89,7 @@ def test_unauthorized(promo_env: Repos, promo_mlflow: Registry, new_version: Ver
     _, v, e = challenge(promo_env, promo_mlflow, new_version)
     use_forge(monkeypatch, fake_forge, token="expired-token")
     with pytest.raises(ProposalError, match="HTTP 401") as err:
-        propose_from_evaluation(e)
+        propose(e)
     assert "expired-token" not in str(err.value)
     assert status_of(promo_mlflow, v) == PromotionStatus.PROPOSAL_FAILED
     assert fake_forge.prs == []
@@ -99,9 +100,9 @@ def test_pr_already_exists_answer_is_reused(promo_env: Repos, promo_mlflow: Regi
     """Another run's PR exists but our list did not see it yet: 409 (Gitea) / 422 (GitHub) -> reuse it."""
     _, _, e = challenge(promo_env, promo_mlflow, new_version)
     use_forge(monkeypatch, fake_forge)
-    first = propose_from_evaluation(e)
+    first = propose(e)
     fake_forge.stale_lists = 1
-    second = propose_from_evaluation(e)
+    second = propose(e)
     assert second.pr_url == first.pr_url and len(fake_forge.prs) == 1
     assert (first.status, second.status) == ("proposed", "reused")
     creates = [r for r in fake_forge.requests if r.method == "POST" and r.path.endswith("/pulls")]
@@ -111,18 +112,19 @@ def test_pr_already_exists_answer_is_reused(promo_env: Repos, promo_mlflow: Regi
 def test_push_rejected_then_retried_by_the_next_run(promo_env: Repos, promo_mlflow: Registry, new_version: Versions,
                                                     gitea: FakeForge, monkeypatch: pytest.MonkeyPatch) -> None:
     champ, v, e = challenge(promo_env, promo_mlflow, new_version)
+    record_evaluation(promo_mlflow, e)  # the pipeline's evidence, which the retry reads back
     use_forge(monkeypatch, gitea)
     hook = promo_env.remote / "hooks" / "pre-receive"
     hook.write_text("#!/bin/sh\necho 'pushes are frozen' >&2\nexit 1\n")
     hook.chmod(0o755)
     with pytest.raises(ProposalError, match="pushes are frozen"):
-        propose_from_evaluation(e)
+        propose(e)
     assert status_of(promo_mlflow, v) == PromotionStatus.PROPOSAL_FAILED
     assert remote_branches(promo_env) == ["main"] and gitea.prs == []
     hook.unlink()
     # The next run's own challenger loses the gate, so the run retries the failed proposal instead.
     w, run_w = new_version()
-    out = propose_from_evaluation(make_evaluation(promo_mlflow, w, run_w, 0.50, champion=(champ, 0.5)))
+    out = propose(make_evaluation(promo_mlflow, w, run_w, 0.50, champion=(champ, 0.5)))
     assert out.status == "rejected" and out.retried is not None
     assert out.retried.status == "proposed" and out.retried.version == v
     assert [p["head"]["ref"] for p in gitea.open_prs()] == [promotion_branch(v)]
@@ -134,7 +136,7 @@ def _propose_when_released(evaluation: Evaluation, start: Any, results: Any) -> 
     """One racing CronJob run, in its own process (module level so `spawn` can import it)."""
     start.wait(120)
     try:
-        out = propose_from_evaluation(evaluation)
+        out = propose(evaluation)
         results.put((out.status, out.pr_url))
     except BaseException as exc:  # surfaced by the assertion in the test
         results.put(("error", repr(exc)))
@@ -170,7 +172,7 @@ def test_in_place_bootstrap_targets_the_checked_out_branch(promo_env: Repos, pro
     git("checkout", "-q", "-b", "my-feature", cwd=work)
     main_before = git("rev-parse", "main", cwd=work)
     v, run_id = new_version()
-    out = propose_from_evaluation(make_evaluation(promo_mlflow, v, run_id, 0.55))
+    out = propose(make_evaluation(promo_mlflow, v, run_id, 0.55))
     assert out.status == "committed" and out.branch == "my-feature", out.message
     assert parse_pin((work / PIN_PATH).read_text()).version == v
     assert git("rev-parse", "main", cwd=work) == main_before
@@ -185,7 +187,7 @@ def test_bootstrap_commits_in_place_in_the_local_working_repo(promo_env: Repos, 
     (work / "notes.txt").write_text("someone's unrelated work\n")
     git("add", "notes.txt", cwd=work)  # staged, must stay staged and uncommitted
     v, run_id = new_version()
-    out = propose_from_evaluation(make_evaluation(promo_mlflow, v, run_id, 0.55))
+    out = propose(make_evaluation(promo_mlflow, v, run_id, 0.55))
     assert out.status == "committed"
     assert parse_pin((work / PIN_PATH).read_text()).version == v
     assert git("show", "--name-only", "--format=", "HEAD", cwd=work).split() == [PIN_PATH]
@@ -198,14 +200,14 @@ def test_bootstrap_commits_in_place_in_the_local_working_repo(promo_env: Repos, 
     hook.write_text("#!/bin/sh\nexit 1\n")
     hook.chmod(0o755)
     with pytest.raises(ProposalError, match="git commit"):
-        propose_from_evaluation(make_evaluation(promo_mlflow, w, run_w, 0.55))
+        propose(make_evaluation(promo_mlflow, w, run_w, 0.55))
     hook.unlink()
     assert (work / PIN_PATH).read_text() == pinned_before
     assert git("status", "--porcelain", "--", PIN_PATH, cwd=work) == ""
     # A dirty pin file is never committed over.
     (work / PIN_PATH).write_text((work / PIN_PATH).read_text() + "# edited\n")
     with pytest.raises(ProposalError, match="uncommitted changes"):
-        propose_from_evaluation(make_evaluation(promo_mlflow, w, run_w, 0.55))
+        propose(make_evaluation(promo_mlflow, w, run_w, 0.55))
 
 
 def test_promote_refusals(promo_env: Repos, promo_mlflow: Registry, new_version: Versions) -> None:
@@ -256,10 +258,10 @@ def test_refuses_a_version_the_registry_does_not_have(promo_env: Repos, promo_ml
     """Checked before git is touched: a bogus or unreachable registry pushes nothing."""
     v, run_id = new_version()
     with pytest.raises(ProposalError, match="is not in the registry"):
-        propose_from_evaluation(make_evaluation(promo_mlflow, v + 1000, run_id, 0.55))
+        propose(make_evaluation(promo_mlflow, v + 1000, run_id, 0.55))
     unreachable = Registry(f"http://127.0.0.1:{free_port()}", promo_mlflow.experiment_id)
     with pytest.raises(ProposalError, match="cannot confirm"):
-        propose_from_evaluation(make_evaluation(unreachable, v, run_id, 0.55))
+        propose(make_evaluation(unreachable, v, run_id, 0.55))
     assert parse_pin(promo_env.remote_pin()).version is None
     assert remote_branches(promo_env) == ["main"]
     assert git("rev-list", "--count", "main", cwd=promo_env.remote) == "1"
@@ -276,11 +278,11 @@ def test_evidence_against_a_pin_that_moved_is_never_pushed(promo_env: Repos, pro
     commits = git("rev-list", "--count", "main", cwd=promo_env.remote)
     # Bootstrap race: this run saw nothing pinned, git already pins a champion. A direct
     # bootstrap commit used to replace it without any comparison.
-    out = propose_from_evaluation(make_evaluation(promo_mlflow, v, run_id, 0.6))
+    out = propose(make_evaluation(promo_mlflow, v, run_id, 0.6))
     assert out.status == "stale", out.message
     assert f"main now pins v{champ}, but the evaluation compared against nothing" in out.message
     # Proposal race: this run scored the champion before the last merge.
-    out = propose_from_evaluation(make_evaluation(promo_mlflow, v, run_id, 0.6, champion=(old, 0.5)))
+    out = propose(make_evaluation(promo_mlflow, v, run_id, 0.6, champion=(old, 0.5)))
     assert out.status == "stale" and f"compared against v{old}" in out.message
     assert parse_pin(promo_env.remote_pin()).version == champ
     assert git("rev-list", "--count", "main", cwd=promo_env.remote) == commits

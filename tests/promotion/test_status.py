@@ -9,11 +9,12 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from primer.cli import PrimerGroup
 from primer.promotion_commands import COMMANDS
 from contract.names import PIN_PATH
 from tests.promotion.conftest import Registry, Repos
 
-CLI = click.Group("primer", commands=list(COMMANDS))
+CLI = PrimerGroup("primer", commands=list(COMMANDS))
 
 
 def test_status_names_the_pinning_commit_with_a_relative_pin_file(

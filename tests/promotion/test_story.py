@@ -10,16 +10,16 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
+from primer.cli import PrimerGroup
 from primer.promotion_commands import COMMANDS
 from contract.names import (
     CHALLENGER_ALIAS, CHAMPION_ALIAS, MODEL_NAME, PIN_PATH, PromotionStatus, Tag, promotion_branch, promotion_title,
 )
 from contract.pin import parse_pin
-from promotion.propose import propose_from_evaluation
-from tests.promotion.conftest import Registry, Repos, git, make_evaluation, use_forge
+from tests.promotion.conftest import Registry, Repos, git, make_evaluation, propose, use_forge
 from tests.promotion.fakeforge import FakeForge
 
-CLI = click.Group("primer", commands=list(COMMANDS))
+CLI = PrimerGroup("primer", commands=list(COMMANDS))
 
 
 def run(*args: str, code: int = 0) -> str:
@@ -46,7 +46,7 @@ def test_propose_merge_sync_rollback(promo_env: Repos, promo_mlflow: Registry, g
 
     # 1. Bootstrap: nothing pinned -> policy.bootstrap=commit pins the first winner on main directly.
     a, run_a = new_version()
-    out = propose_from_evaluation(make_evaluation(reg, a, run_a, 0.55))
+    out = propose(make_evaluation(reg, a, run_a, 0.55))
     assert out.status == "committed", out.message
     assert parse_pin(repos.remote_pin()).version == a
     assert git("log", "-1", "--format=%s", "main", cwd=repos.remote) == promotion_title(a)
@@ -59,7 +59,7 @@ def test_propose_merge_sync_rollback(promo_env: Repos, promo_mlflow: Registry, g
     # 2. A better challenger: branch + one commit changing only the pin + PR with the evidence.
     b, run_b = new_version()
     eval_b = make_evaluation(reg, b, run_b, 0.57, champion=(a, 0.55))
-    out = propose_from_evaluation(eval_b)
+    out = propose(eval_b)
     assert out.status == "proposed" and out.branch == promotion_branch(b)
     branch = promotion_branch(b)
     assert parse_pin(repos.remote_pin(branch)).version == b
@@ -82,12 +82,12 @@ def test_propose_merge_sync_rollback(promo_env: Repos, promo_mlflow: Registry, g
     assert alias(c, CHALLENGER_ALIAS) == b
 
     # Re-running the same step is a no-op: same branch, same PR.
-    again = propose_from_evaluation(eval_b)
+    again = propose(eval_b)
     assert again.status == "reused" and again.pr_url == pr["html_url"] and len(gitea.prs) == 1
 
     # 3. A newer winner supersedes the open PR for b.
     d, run_d = new_version()
-    out = propose_from_evaluation(make_evaluation(reg, d, run_d, 0.60, champion=(a, 0.55)))
+    out = propose(make_evaluation(reg, d, run_d, 0.60, champion=(a, 0.55)))
     assert out.status == "proposed" and out.superseded == [b]
     assert [p["head"]["ref"] for p in gitea.open_prs()] == [promotion_branch(d)]
     assert gitea.comments and gitea.comments[0]["number"] == pr["number"]

@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 from sklearn.dummy import DummyClassifier
 
-from bentos.runtime import LoadedModel, Runtime, Settings
+from bentos.runtime import LoadedModel, Runtime
+from contract.settings import ServingSettings as Settings
 from ml.features import FEATURE_COLUMNS
 
 
@@ -50,16 +51,16 @@ def _runtime(pin: Path, loader: Loader, fetch: object = None) -> Runtime:
 
 
 def test_settings_from_env_treat_empty_values_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ml.data import default_source
     from contract.names import DEFAULT_TRACKING_URI
+    from contract.settings import TrainSettings
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
     monkeypatch.setenv("PRIMER_DATA_SOURCE", "")
-    s = Settings.from_env()
+    s = Settings.load()
     assert s.tracking_uri == DEFAULT_TRACKING_URI
-    assert s.data_source == default_source() == "yfinance"  # the pipeline's default, same rule
+    assert s.data_source == TrainSettings.load().data_source == "yfinance"  # the pipeline's default, same rule
     monkeypatch.setenv("PRIMER_DATA_SOURCE", "synthetic")
-    assert Settings.from_env().data_source == default_source() == "synthetic"
+    assert Settings.load().data_source == TrainSettings.load().data_source == "synthetic"
 
 
 def _tick(rt: Runtime) -> None:
