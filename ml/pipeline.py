@@ -4,7 +4,8 @@
     -> rescore_champion -> register_best -> build_evaluation -> propose
 
 ``run_pipeline(config)`` strings them together and returns a :class:`PipelineResult`;
-``primer train`` (``primer.train_command``) prints its progress. Nothing touches MLflow
+``primer train`` (``primer.train_command``) prints its progress and hands in the
+promotion step (a :class:`Proposer`), so this package never imports the gate or git. Nothing touches MLflow
 before the data passed validation and every candidate was fitted, so bad data never
 leaves a run or a model version behind; a run that fails later is marked FAILED.
 """
@@ -20,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 
@@ -53,13 +54,24 @@ class PipelineError(PrimerError):
     """The run stopped for a reason the operator can act on (message says which)."""
 
 
+class Proposer(Protocol):
+    """The pipeline's last step, handed in by the caller (``promotion.propose.GitProposer``):
+    the pipeline itself never imports the gate, git or forge code."""
+
+    def check(self) -> None:
+        """Raise a PrimerError when the step could not run (checked before anything is trained)."""
+
+    def propose(self, evaluation: Evaluation) -> Any:
+        """Gate the evaluation and propose the pin change; raise a PrimerError when that fails."""
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """One run: the settings read at start-up plus what the command line asked for."""
 
     settings: TrainSettings
     anchor: date | None = None  # None: live mode -> today, replay mode -> the replay clock
-    promote: bool = True
+    proposer: Proposer | None = None  # None: stop after registering (--no-promote)
     now: datetime | None = None  # the replay clock's "now" (tests)
 
     @property
@@ -426,8 +438,8 @@ def run_pipeline(config: PipelineConfig, echo: Echo = print) -> PipelineResult:
     """One full training run; see the module docstring. Raises PipelineError / ValidationError."""
     stages = _Stages()
     t_start = time.perf_counter()
-    if config.promote:
-        _check_promotion_settings(config.settings)
+    if config.proposer is not None:
+        _check_proposer(config.proposer)
     with stages("data+validate"):
         prices, anchor = prepare_data(config, echo)
     with stages("features"):
@@ -446,9 +458,9 @@ def run_pipeline(config: PipelineConfig, echo: Echo = print) -> PipelineResult:
     ctx.tracker.end_run(parent_id)
     result = PipelineResult(evaluation, evaluation.challenger_version, parent_id, results, anchor, len(prices),
                             stages.timings)
-    if config.promote:
+    if config.proposer is not None:
         with stages("promote"):
-            result.proposal = _propose(evaluation, config.settings, echo)
+            result.proposal = _propose(config.proposer, evaluation, echo)
     stages.timings["total"] = time.perf_counter() - t_start
     return result
 
@@ -460,23 +472,19 @@ def _end_quietly(tracker: Tracker, run_id: str, ok: bool) -> None:
         log.warning("could not mark run %s %s: %s", run_id, "FINISHED" if ok else "FAILED", exc)
 
 
-def _check_promotion_settings(settings: TrainSettings) -> None:
+def _check_proposer(proposer: Proposer) -> None:
     """Fail before training when the promotion step could not run (policy file, forge variables)."""
-    from promotion import propose
-
     try:
-        propose.load_promotion(settings)
-    except propose.PromotionConfigError as exc:
+        proposer.check()
+    except PrimerError as exc:
         raise PipelineError(f"{exc}; nothing was trained (fix it, or run with --no-promote)") from exc
 
 
-def _propose(evaluation: Evaluation, settings: TrainSettings, echo: Echo) -> Any:
+def _propose(proposer: Proposer, evaluation: Evaluation, echo: Echo) -> Any:
     """Hand the evaluation to the promotion step (the pipeline's last stage)."""
-    from promotion import propose
-
     try:
-        outcome = propose.propose_from_evaluation(evaluation, settings)
-    except propose.ProposalError as exc:
+        outcome = proposer.propose(evaluation)
+    except PrimerError as exc:
         raise PipelineError(
             f"promotion failed: {exc} ({MODEL_NAME} v{evaluation.challenger_version} stays registered)"
         ) from exc

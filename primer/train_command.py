@@ -51,10 +51,12 @@ def train_command(
     from contract.settings import TrainSettings
     from ml.pipeline import PipelineConfig, run_pipeline
     from ml.validate import ValidationError
+    from promotion.propose import GitProposer
 
     settings = TrainSettings.load(data_source=source, eval_days=eval_days, train_years=train_years,
                                   candidates_file=candidates_file)
-    config = PipelineConfig(settings, anchor=anchor.date() if anchor else None, promote=not no_promote)
+    proposer = None if no_promote else GitProposer(settings)
+    config = PipelineConfig(settings, anchor=anchor.date() if anchor else None, proposer=proposer)
     try:
         result = run_pipeline(config, echo=_echo)
     except ValidationError as exc:

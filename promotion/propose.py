@@ -367,3 +367,17 @@ def propose_from_evaluation(evaluation: Evaluation, settings: PromotionSettings 
         return outcome
     return _propose(evaluation, verdict, promotion, c)
 
+
+
+class GitProposer:
+    """The promotion step as the pipeline's last stage (``ml.pipeline.Proposer``)."""
+
+    def __init__(self, settings: PromotionSettings) -> None:
+        self.settings = settings
+        self._promotion: Promotion | None = None
+
+    def check(self) -> None:
+        self._promotion = load_promotion(self.settings)
+
+    def propose(self, evaluation: Evaluation) -> ProposalOutcome:
+        return propose_from_evaluation(evaluation, self.settings, promotion=self._promotion)
