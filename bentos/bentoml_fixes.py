@@ -40,9 +40,10 @@ def cancel_request_timers() -> bool:
         fut = asyncio.ensure_future(self.app(scope, receive, _send), loop=loop)
         try:
             await waiter
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if fut.cancel():
-                resp = JSONResponse({"error": f"Not able to process the request in {self.timeout} seconds"}, status_code=504)
+                message = f"Not able to process the request in {self.timeout} seconds"
+                resp = JSONResponse({"error": message}, status_code=504)
                 await resp(scope, receive, send)
         else:
             await fut

@@ -51,10 +51,10 @@ class LoadedModel:
     stored_row: Any | None  # 1-row DataFrame stored at training time, or None
     stored_as_of: date | None
 
-    def p_up(self, row: Any) -> float:
-        """P(class 1) for a feature frame of one or more rows; the column is looked up, not assumed."""
+    def p_up_rows(self, rows: Any) -> list[float]:
+        """P(class 1) for each row of a feature frame; the column is looked up, not assumed."""
         classes = list(self.estimator.classes_)
-        return self.estimator.predict_proba(row)[:, classes.index(1)]
+        return [float(p) for p in self.estimator.predict_proba(rows)[:, classes.index(1)]]
 
 
 @dataclass(frozen=True)
@@ -108,12 +108,14 @@ def load_version(tracking_uri: str, version: int) -> LoadedModel:
     if not hasattr(estimator, "predict_proba"):
         raise RuntimeError(f"models:/{MODEL_NAME}/{version} is a {type(estimator).__name__} without predict_proba")
     if 1 not in list(getattr(estimator, "classes_", [])):
-        raise RuntimeError(f"models:/{MODEL_NAME}/{version} was not trained with label 1 (classes {getattr(estimator, 'classes_', None)})")
+        classes = getattr(estimator, "classes_", None)
+        raise RuntimeError(f"models:/{MODEL_NAME}/{version} was not trained with label 1 (classes {classes})")
     stored_row, stored_as_of = None, None
     try:
         stored = tracker.latest_features(mv.run_id)
         stored_as_of = date.fromisoformat(stored["as_of"])
-        stored_row = pd.DataFrame([{c: float(stored["features"][c]) for c in FEATURE_COLUMNS}], columns=list(FEATURE_COLUMNS))
+        values = {c: float(stored["features"][c]) for c in FEATURE_COLUMNS}
+        stored_row = pd.DataFrame([values], columns=list(FEATURE_COLUMNS))
     except Exception as exc:  # the model still serves fresh data; only the fallback is missing
         log.warning("v%s: no usable %s in run %s (%s); no stale fallback", version, LATEST_FEATURES_ARTIFACT,
                     mv.run_id, exc)
@@ -126,7 +128,7 @@ def load_version(tracking_uri: str, version: int) -> LoadedModel:
         stored_row=stored_row,
         stored_as_of=stored_as_of,
     )
-    model.p_up(stored_row if stored_row is not None else _zero_row(FEATURE_COLUMNS))  # fail here, not on a request
+    model.p_up_rows(stored_row if stored_row is not None else _zero_row(FEATURE_COLUMNS))  # fail now, not on a request
     return model
 
 
@@ -162,7 +164,7 @@ class Runtime:
     _status: _Status = field(default_factory=_Status)
     _pin_text: str | None = None
     _pin_seen: bool = False
-    _p_cache: dict[tuple[int, date], float] = field(default_factory=dict)
+    _p_cache: dict[tuple[int, date, bytes], float] = field(default_factory=dict)  # (version, as_of, row)
     _publish_lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _wake_features: threading.Event = field(default_factory=threading.Event)
@@ -239,14 +241,16 @@ class Runtime:
         if time.monotonic() < st.next_attempt:
             return
         st.attempts += 1
-        log.info("loading models:/%s/%s from %s (attempt %d)", MODEL_NAME, wanted, self.settings.tracking_uri, st.attempts)
+        log.info("loading models:/%s/%s from %s (attempt %d)", MODEL_NAME, wanted, self.settings.tracking_uri,
+                 st.attempts)
         started = time.monotonic()
         try:
             model = self.loader(self.settings.tracking_uri, wanted)
         except Exception as exc:
             delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** min(st.attempts, 10))
             st.next_attempt = time.monotonic() + delay
-            st.load_error = f"loading models:/{MODEL_NAME}/{wanted} failed: {_short(exc)}{self._keeping()}; retrying in {delay:.0f}s"
+            st.load_error = (f"loading models:/{MODEL_NAME}/{wanted} failed: {_short(exc)}{self._keeping()}; "
+                             f"retrying in {delay:.0f}s")
             log.error("%s", st.load_error)
             return
         if st.pin_version != wanted:  # the pin moved on while we loaded: try again with the new one
@@ -333,7 +337,7 @@ class Runtime:
             key = (model.version, as_of, frame.to_numpy().tobytes())
             if key not in self._p_cache:
                 self._p_cache = {k: v for k, v in self._p_cache.items() if k[0] == model.version}
-                self._p_cache[key] = float(model.p_up(frame)[0])
+                self._p_cache[key] = model.p_up_rows(frame)[0]
             self.answer = Answer(
                 model_version=str(model.version),
                 confidence=self._p_cache[key],

@@ -73,7 +73,9 @@ class Prediction(BaseModel):
     model_name: str
     model_version: str
     as_of: str = Field(description="date (YYYY-MM-DD) of the last close the features use")
-    stale: bool = Field(description="true when fresh market data was unavailable and the row stored at training time is used")
+    stale: bool = Field(
+        description="true when fresh market data was unavailable and the row stored at training time is used"
+    )
 
 
 class ModelInfo(BaseModel):
@@ -109,7 +111,8 @@ async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONRespo
     first = errors[0].get("msg", "invalid value") if errors else "invalid value"
     return JSONResponse(
         status_code=422,
-        content={"error": f"invalid parameter {', '.join(names)}: {first}", "detail": json.loads(json.dumps(errors, default=str))},
+        content={"error": f"invalid parameter {', '.join(names)}: {first}",
+                 "detail": json.loads(json.dumps(errors, default=str))},
     )
 
 
@@ -162,7 +165,7 @@ class PrimerMiddleware:
                 service = self.service or _current_service()
                 self.service = service
                 answer = service.runtime.answer if (m and service is not None) else None
-                if answer is not None:
+                if answer is not None and m is not None and service is not None:
                     service.count_prediction(answer.model_version)
                     threshold = float(m.group(1)) if m.group(1) else DEFAULT_THRESHOLD
                     body = prediction_body(answer, threshold)
@@ -175,7 +178,8 @@ class PrimerMiddleware:
                 if ctype != b"application/json":
                     response = JSONResponse(
                         status_code=415,
-                        content={"error": f"POST /predict needs Content-Type: application/json, got {ctype.decode('latin-1')!r}"},
+                        content={"error": "POST /predict needs Content-Type: application/json, "
+                                          f"got {ctype.decode('latin-1')!r}"},
                     )
                     await response(scope, receive, send)
                     return
@@ -194,7 +198,8 @@ def _unavailable(runtime: Runtime) -> JSONResponse:
     if status["ready"]:  # a model, but neither fresh data nor a stored feature row
         error = f"no feature row for tomorrow yet: {status['feature_error'] or 'fetching market data'}"
     else:
-        reason = status["last_error"] or ("loading the pinned model" if status["pinned_version"] else "no model pinned yet")
+        pinned = "loading the pinned model" if status["pinned_version"] else "no model pinned yet"
+        reason = status["last_error"] or pinned
         error = f"model not loaded: {reason}"
     return JSONResponse(status_code=503, content={"error": error, "detail": status})
 
@@ -268,7 +273,7 @@ class PrimerService:
         return JSONResponse(self.runtime.status())
 
     @bentoml.api
-    def predict(self, rows: Annotated[list[FeatureRow], Field(min_length=1, max_length=MAX_ROWS)]) -> list[float]:  # type: ignore[valid-type]
+    def predict(self, rows: Annotated[list[FeatureRow], Field(min_length=1, max_length=MAX_ROWS)]) -> list[float]:
         """P(up) for each feature row (fields = the model's feature columns)."""
         model = self.runtime.model
         if model is None:
@@ -280,11 +285,12 @@ class PrimerService:
         from ml.features import FEATURE_COLUMNS
 
         frame = pd.DataFrame([r.model_dump() for r in rows], columns=list(FEATURE_COLUMNS))
-        probs = [float(p) for p in model.p_up(frame)]
+        probs = model.p_up_rows(frame)
         if not all(math.isfinite(p) for p in probs):
             raise InternalServerError("model returned a non-finite probability")
         self.count_prediction(str(model.version), "predict", len(probs))
         return probs
 
 
-PrimerService.add_asgi_middleware(PrimerMiddleware)
+# @bentoml.service turns the class into a Service, which mypy cannot see through.
+PrimerService.add_asgi_middleware(PrimerMiddleware)  # type: ignore[attr-defined]

@@ -60,8 +60,11 @@ class Evaluation:
 
     def best_baseline(self, metric: str) -> tuple[str, float] | None:
         """The naive baseline that scores best on ``metric``."""
-        scored = [(name, s.get(metric)) for name, s in self.baselines.items()]
-        scored = [(n, v) for n, v in scored if v is not None]
+        scored: list[tuple[str, float]] = []
+        for name, s in self.baselines.items():
+            value = s.get(metric)
+            if value is not None:
+                scored.append((name, value))
         if not scored:
             return None
         pick = min if metric in LOWER_IS_BETTER else max

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -54,7 +55,8 @@ def parse_pin(text: str, source: str = "pin") -> Pin:
     if version is not None:
         # bool is a subclass of int: reject it explicitly.
         if isinstance(version, bool) or not isinstance(version, int):
-            raise PinError(f"{source}: field 'version' must be an integer or null, got {type(version).__name__} {version!r}")
+            kind = type(version).__name__
+            raise PinError(f"{source}: field 'version' must be an integer or null, got {kind} {version!r}")
         if version <= 0:
             raise PinError(f"{source}: field 'version' must be >= 1, got {version}")
     return Pin(model=data["model"], version=version)
@@ -82,7 +84,7 @@ version: null
 """
 
 
-def _yaml_rt():  # type: ignore[no-untyped-def]
+def _yaml_rt() -> Any:
     """A round-trip YAML instance that keeps comments and writes ``null`` (not an empty value)."""
     from ruamel.yaml import YAML
 

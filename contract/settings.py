@@ -138,7 +138,9 @@ class DataSettings(_Settings):
 
     def data_spec(self) -> str:
         """``data_source`` with the seed made explicit (``synthetic`` -> ``synthetic:<seed>``)."""
-        return f"synthetic:{self.synthetic_seed}" if self.data_source.strip().lower() == "synthetic" else self.data_source
+        if self.data_source.strip().lower() == "synthetic":
+            return f"synthetic:{self.synthetic_seed}"
+        return self.data_source
 
 
 class ReplaySettings(_Settings):
@@ -186,7 +188,9 @@ class PromotionSettings(RepoSettings):
         None, description="The branch the pin lives on. Default: the checked-out branch locally, else `main`.",
     )
     forge: str = Field("none", description="Pull requests through `gitea`, `github` or `none` (branches only).")
-    forge_url: str | None = Field(None, description="Forge web or API URL. Default: `http://gitea:3000` / GitHub's API.")
+    forge_url: str | None = Field(
+        None, description="Forge web or API URL. Default: `http://gitea:3000` / GitHub's API.",
+    )
     forge_repo: str = Field("", description="`owner/name` of the repository on the forge.")
     forge_token: SecretStr | None = Field(
         None, description="Forge API and git-over-HTTP token (a Kubernetes Secret in the cluster; never in git).",
@@ -214,7 +218,9 @@ class TrainSettings(PromotionSettings, DataSettings, ReplaySettings):
 
     eval_days: int = Field(60, description="Evaluation window in trading days (>= 60).")
     train_years: float = Field(10.0, description="Training window cap in years (> 0).")
-    candidates_file: Path | None = Field(None, description="Candidate grid YAML. Default: the packaged `ml/candidates.yaml`.")
+    candidates_file: Path | None = Field(
+        None, description="Candidate grid YAML. Default: the packaged `ml/candidates.yaml`.",
+    )
 
     @field_validator("train_years")
     @classmethod
@@ -249,7 +255,8 @@ class LocalSettings(RepoSettings, DataSettings):
     entry_point: ClassVar[str] = "primer up / primer down"
 
     state_dir: Path | None = Field(
-        None, description="Where `primer up` keeps MLflow's database, artifacts, logs and state. Default: `<repo>/.primer`.",
+        None,
+        description="Where `primer up` keeps MLflow's database, artifacts, logs and state. Default: `<repo>/.primer`.",
     )
 
     def state_path(self) -> Path:

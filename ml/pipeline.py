@@ -34,8 +34,16 @@ from contract.settings import TrainSettings
 from ml import data as data_mod
 from ml import plots
 from ml.evaluate import (
-    MIN_EVAL_DAYS, MIN_TRAIN_ROWS, Windows, better, metrics_dict, score_baselines, score_champion, score_model,
-    split_validation, split_windows,
+    MIN_EVAL_DAYS,
+    MIN_TRAIN_ROWS,
+    Windows,
+    better,
+    metrics_dict,
+    score_baselines,
+    score_champion,
+    score_model,
+    split_validation,
+    split_windows,
 )
 from ml.features import FEATURE_COLUMNS, LABEL, WARMUP_ROWS, build_features, tomorrow_row
 from ml.replay import clock_from_settings

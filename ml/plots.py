@@ -20,7 +20,9 @@ def _pyplot():
     return plt
 
 
-def save_plots(y_true: pd.Series | np.ndarray, p_up: pd.Series | np.ndarray, out_dir: Path, title: str = "") -> list[Path]:
+def save_plots(
+    y_true: pd.Series | np.ndarray, p_up: pd.Series | np.ndarray, out_dir: Path, title: str = ""
+) -> list[Path]:
     """Write confusion_matrix.png, roc_curve.png and calibration.png into ``out_dir``."""
     from sklearn.calibration import calibration_curve
     from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay

@@ -26,6 +26,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.data.pandas_dataset import from_pandas
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
@@ -115,8 +116,7 @@ class Tracker:
             self.client.log_artifact(run_id, str(path), artifact_path=DATA_ARTIFACT_DIR)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "source can be interpreted in multiple ways"
-            dataset = mlflow.data.from_pandas(prices, source=self._dataset_source(run_id, source),
-                                              name=f"spy-daily-{anchor}")
+            dataset = from_pandas(prices, source=self._dataset_source(run_id, source), name=f"spy-daily-{anchor}")
         with self._fluent(run_id):
             mlflow.log_input(dataset, context="training", tags={"data_source": source, "anchor": anchor.isoformat()})
 

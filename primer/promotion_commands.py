@@ -17,14 +17,14 @@ from typing import NoReturn
 import click
 import httpx
 
-from promotion import gitops
 from contract import registry
-from promotion.forge import ForgeError, forge_from_settings
-from promotion.gitops import GitError
-from contract.names import CHALLENGER_ALIAS, CHAMPION_ALIAS, MODEL_NAME, PromotionStatus, promotion_title
 from contract.errors import PrimerError
+from contract.names import CHALLENGER_ALIAS, CHAMPION_ALIAS, MODEL_NAME, PromotionStatus, promotion_title
 from contract.pin import Pin, PinError, parse_pin, read_pin
 from contract.settings import PromotionSettings
+from promotion import gitops
+from promotion.forge import ForgeError, forge_from_settings
+from promotion.gitops import GitError
 from promotion.propose import PROMOTION_BRANCH_RE
 
 EXIT_UNREACHABLE = 3
@@ -70,7 +70,7 @@ def _validate_version(text: str) -> int:
         _fail(str(exc))
     if pin.version is None:
         _fail("VERSION must be an integer >= 1")
-    return pin.version  # type: ignore[return-value]
+    return pin.version
 
 
 def _repo_and_pin(settings: PromotionSettings) -> tuple[Path, Path, str]:
@@ -180,7 +180,8 @@ def previous_version(history: list[gitops.PinCommit], current: int | None) -> in
 
 
 @click.command("rollback")
-@click.option("--to", "to", default=None, metavar="VERSION", help="Pin this version instead of the previously pinned one.")
+@click.option("--to", "to", default=None, metavar="VERSION",
+              help="Pin this version instead of the previously pinned one.")
 @click.option("--reason", default="", help="Why (goes into the commit message).")
 @click.option("--push", is_flag=True, help="Push the commit (to PRIMER_GIT_REMOTE, else origin).")
 def rollback(to: str | None, reason: str, push: bool) -> None:
@@ -206,13 +207,13 @@ def rollback(to: str | None, reason: str, push: bool) -> None:
         found = previous_version(gitops.pin_history(repo, rel), current)
         if found is None:
             _fail(f"no earlier pinned version in the git history of {rel}; use --to VERSION")
-        target = found  # type: ignore[assignment]
+        target = found
     state = _registry_check(settings, target, require=False)
     msg = f"Roll back {MODEL_NAME} from v{current} to v{target}\n\n" + (f"Reason: {reason}\n" if reason else "")
     _commit_pin(settings, repo, rel, target, msg, push)
     if state == "ok":
         try:
-            registry.set_status(registry.client(settings.tracking_uri), current, PromotionStatus.ROLLED_BACK)  # type: ignore[arg-type]
+            registry.set_status(registry.client(settings.tracking_uri), current, PromotionStatus.ROLLED_BACK)
             click.echo(f"tagged v{current} promotion_status={PromotionStatus.ROLLED_BACK.value}")
         except Exception as exc:  # the commit is what matters; the tag is the registry's record of it
             _warn(f"committed, but could not tag v{current} {PromotionStatus.ROLLED_BACK.value}: {exc}")
@@ -313,7 +314,8 @@ def _status_prs(settings: PromotionSettings, unchecked: list[str]) -> None:
 @click.command("status")
 @click.option("--service-url", metavar="URL", default=None,
               help="Ask a running service which version it serves (GET <url>/model). Default PRIMER_SERVICE_URL.")
-@click.option("--strict", is_flag=True, help="Exit 1 when anything drifts from the pin, 3 when MLflow or the forge cannot be asked.")
+@click.option("--strict", is_flag=True,
+              help="Exit 1 when anything drifts from the pin, 3 when MLflow or the forge cannot be asked.")
 def status(service_url: str | None, strict: bool) -> None:
     """Pin (git) vs champion/challenger aliases (MLflow) vs the running service, and open promotion PRs.
 

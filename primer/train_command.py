@@ -19,27 +19,31 @@ def _echo(line: str) -> None:
     click.echo(line, err=line.startswith("WARNING"))
 
 
-@click.command("train", help=f"""Ingest, validate, build features, train candidates, evaluate, register the best, propose it.
+@click.command("train", help=f"""Ingest, validate, build features, train and evaluate candidates, register, propose.
 
     Needs an MLflow tracking server (MLFLOW_TRACKING_URI, default {DEFAULT_TRACKING_URI}).
     Exit status is non-zero when data validation fails (nothing is registered) or any step fails.
     """)
-@click.option("--source", metavar="SPEC", help="Data source: yfinance | csv:PATH | synthetic[:SEED]. [env PRIMER_DATA_SOURCE; default yfinance]")
+@click.option("--source", metavar="SPEC",
+              help="Data source: yfinance | csv:PATH | synthetic[:SEED]. [env PRIMER_DATA_SOURCE; default yfinance]")
 @click.option(
     "--anchor",
     type=click.DateTime(formats=["%Y-%m-%d"]),
     metavar="YYYY-MM-DD",
     help="Last visible trading date. Default: today (live) or the replay clock (PRIMER_MODE=replay).",
 )
-@click.option("--eval-days", type=int, metavar="DAYS", help="Evaluation window in trading days, >= 60. [env PRIMER_EVAL_DAYS; default 60]")
-@click.option("--train-years", type=float, metavar="YEARS", help="Training window cap in years. [env PRIMER_TRAIN_YEARS; default 10]")
+@click.option("--eval-days", type=int, metavar="DAYS",
+              help="Evaluation window in trading days, >= 60. [env PRIMER_EVAL_DAYS; default 60]")
+@click.option("--train-years", type=float, metavar="YEARS",
+              help="Training window cap in years. [env PRIMER_TRAIN_YEARS; default 10]")
 @click.option(
     "--candidates",
     "candidates_file",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Candidate grid YAML. [env PRIMER_CANDIDATES_FILE; default: the packaged ml/candidates.yaml]",
 )
-@click.option("--no-promote", is_flag=True, help="Stop after registering; do not hand the result to the promotion step.")
+@click.option("--no-promote", is_flag=True,
+              help="Stop after registering; do not hand the result to the promotion step.")
 def train_command(
     source: str | None,
     anchor: datetime | None,

@@ -24,14 +24,19 @@ import click
 import httpx
 import psutil
 
-from primer.processes import (
-    ServerError, console_script, mlflow_server_command, mlflow_server_env, require_free_port, stop_process,
-    wait_http,
-)
-from contract.names import MLFLOW_PORT, MODEL_NAME, SERVING_PORT
 from contract.errors import PrimerError
+from contract.names import MLFLOW_PORT, MODEL_NAME, SERVING_PORT
 from contract.pin import read_pin
 from contract.settings import LocalSettings, child_env
+from primer.processes import (
+    ServerError,
+    console_script,
+    mlflow_server_command,
+    mlflow_server_env,
+    require_free_port,
+    stop_process,
+    wait_http,
+)
 
 STATE_DIR_NAME = ".primer"
 MLFLOW_START_TIMEOUT = 90.0
@@ -356,7 +361,8 @@ def down(settings: LocalSettings) -> None:
 @click.command("up")
 @click.option("--offline", is_flag=True, help="Use generated (synthetic) prices instead of yfinance.")
 @click.option("--source", help="Data source: yfinance, csv:PATH or synthetic[:SEED] (default: PRIMER_DATA_SOURCE).")
-@click.option("--mlflow-port", type=int, default=MLFLOW_PORT, show_default=True, help="Port of the local MLflow server.")
+@click.option("--mlflow-port", type=int, default=MLFLOW_PORT, show_default=True,
+              help="Port of the local MLflow server.")
 @click.option("--port", type=int, default=SERVING_PORT, show_default=True, help="Port of the BentoML service.")
 @click.option("--retrain", is_flag=True, help="Train again even when a model is already registered and pinned.")
 def up_command(offline: bool, source: str | None, mlflow_port: int, port: int, retrain: bool) -> None:

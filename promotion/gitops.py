@@ -61,7 +61,7 @@ ExpectedBase = int | None | Literal["any"]
 
 def _check_base(branch: str, found: int | None, expected: ExpectedBase) -> None:
     if expected != "any" and found != expected:
-        raise PinMoved(branch, found, expected)  # type: ignore[arg-type]
+        raise PinMoved(branch, found, expected)
 
 
 def _auth_args(remote: str | None, token: str | None) -> list[str]:
@@ -98,8 +98,8 @@ def git(*args: str, cwd: Path | str | None = None, remote: str | None = None, to
     except subprocess.TimeoutExpired as exc:
         raise GitError(f"git {' '.join(args)}: timed out after {GIT_TIMEOUT}s") from exc
     if check and proc.returncode != 0:
-        raise GitError(redact(f"git {' '.join(args)} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()}",
-                              token))
+        said = (proc.stderr or proc.stdout).strip()
+        raise GitError(redact(f"git {' '.join(args)} failed ({proc.returncode}): {said}", token))
     return proc
 
 

@@ -112,7 +112,8 @@ def decide(evaluation: Evaluation, policy: Policy) -> Verdict:
         reasons.append(f"evaluation window has {evaluation.eval_days} days >= min_eval_days {policy.min_eval_days}")
 
     if challenger is None or not math.isfinite(challenger):
-        return Verdict(False, [*reasons, f"challenger has no {m} score on this window"], bootstrap, m, None, champion, baseline)
+        reasons.append(f"challenger has no {m} score on this window")
+        return Verdict(False, reasons, bootstrap, m, None, champion, baseline)
 
     required = policy.bootstrap_must_beat_baseline if bootstrap else policy.must_beat_baseline
     if baseline is None:
@@ -126,7 +127,8 @@ def decide(evaluation: Evaluation, policy: Policy) -> Verdict:
             reasons.append(f"challenger {m} {challenger:.4f} beats best baseline {name} {value:.4f} ({margin:+.4f})")
         elif required:
             ok = False
-            reasons.append(f"challenger {m} {challenger:.4f} does not beat best baseline {name} {value:.4f} ({margin:+.4f})")
+            reasons.append(f"challenger {m} {challenger:.4f} does not beat best baseline {name} {value:.4f} "
+                           f"({margin:+.4f})")
         else:  # reported, never hidden
             reasons.append(f"challenger {m} {challenger:.4f} does not beat best baseline {name} {value:.4f} "
                            f"({margin:+.4f}); not required {'at bootstrap' if bootstrap else 'by this policy'}")
@@ -138,15 +140,16 @@ def decide(evaluation: Evaluation, policy: Policy) -> Verdict:
         reasons.append(f"v{evaluation.challenger_version} is already the champion")
     elif champion is None or not math.isfinite(champion):
         ok = False
-        reasons.append(f"champion v{evaluation.champion_version} has no {m} score on the same window; refusing to compare")
+        reasons.append(f"champion v{evaluation.champion_version} has no {m} score on the same window; "
+                       "refusing to compare")
     else:
         delta = improvement(challenger, champion, m)
         # delta > 0 is checked on its own so that min_improvement 0 still never promotes a tie.
         if delta > 0 and delta >= policy.min_improvement - _EPS:
-            reasons.append(f"challenger {m} {challenger:.4f} vs champion v{evaluation.champion_version} {champion:.4f}: "
-                           f"{delta:+.4f} >= min_improvement {policy.min_improvement}")
+            reasons.append(f"challenger {m} {challenger:.4f} vs champion v{evaluation.champion_version} "
+                           f"{champion:.4f}: {delta:+.4f} >= min_improvement {policy.min_improvement}")
         else:
             ok = False
-            reasons.append(f"challenger {m} {challenger:.4f} vs champion v{evaluation.champion_version} {champion:.4f}: "
-                           f"{delta:+.4f} < min_improvement {policy.min_improvement} (or not better)")
+            reasons.append(f"challenger {m} {challenger:.4f} vs champion v{evaluation.champion_version} "
+                           f"{champion:.4f}: {delta:+.4f} < min_improvement {policy.min_improvement} (or not better)")
     return Verdict(ok, reasons, bootstrap, m, challenger, champion, baseline)

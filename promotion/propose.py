@@ -25,7 +25,13 @@ from contract import registry
 from contract.errors import PrimerError
 from contract.evidence import METRICS, Evaluation, evaluation_from_dict, improvement
 from contract.names import (
-    CHALLENGER_ALIAS, PIN_PATH, POLICY_PATH, PromotionStatus, Tag, promotion_branch, promotion_title,
+    CHALLENGER_ALIAS,
+    PIN_PATH,
+    POLICY_PATH,
+    PromotionStatus,
+    Tag,
+    promotion_branch,
+    promotion_title,
 )
 from contract.pin import PinError
 from contract.settings import PromotionSettings
@@ -110,8 +116,10 @@ class ProposalOutcome:
             "rejected": f"{v} not proposed: gate failed: " + "; ".join(self.verdict.reasons),
             "proposed": f"{v} proposed: {self.pr_url} (branch {self.branch})",
             "reused": f"{v} already proposed: {self.pr_url} (branch {self.branch})",
-            "branch_only": f"{v} proposed on branch {self.branch} (no forge configured: open the PR by hand or merge it)",
-            "committed": f"{v} pinned directly on {self.branch} (bootstrap: nothing was pinned) at {(self.commit or '')[:8]}",
+            "branch_only": f"{v} proposed on branch {self.branch} "
+                           "(no forge configured: open the PR by hand or merge it)",
+            "committed": f"{v} pinned directly on {self.branch} (bootstrap: nothing was pinned) "
+                         f"at {(self.commit or '')[:8]}",
             "already_pinned": f"{v} is already pinned on {self.branch}; nothing to do",
             "stale": f"{v} not proposed: {self.detail}; the next run scores against the new pin",
         }[self.status]
@@ -169,7 +177,8 @@ def pr_body(e: Evaluation, v: Verdict, policy: Policy) -> str:
     out = [
         f"Challenger **v{n}** (candidate `{e.challenger_candidate}`) vs "
         + (f"champion **v{c}**" if c is not None else "no champion (nothing pinned yet)")
-        + f", scored on the same window **{e.eval_start} → {e.eval_end}** ({e.eval_days} trading days, data `{e.data_source}`).",
+        + f", scored on the same window **{e.eval_start} → {e.eval_end}** "
+        f"({e.eval_days} trading days, data `{e.data_source}`).",
         "",
         "Merging changes only `" + PIN_PATH + "`; Argo CD then rolls the service to the new version.",
         "",
@@ -292,7 +301,8 @@ def _propose(e: Evaluation, verdict: Verdict, p: Promotion, c: Any) -> ProposalO
     except (GitError, ForgeError, PinError) as exc:
         try:
             registry.set_status(c, n, PromotionStatus.PROPOSAL_FAILED)
-            marked = f"tagged {Tag.PROMOTION_STATUS.value}={PromotionStatus.PROPOSAL_FAILED.value}; the next run retries it"
+            failed = f"{Tag.PROMOTION_STATUS.value}={PromotionStatus.PROPOSAL_FAILED.value}"
+            marked = f"tagged {failed}; the next run retries it"
         except Exception as tag_exc:  # MLflow down as well: say so, keep the original reason first
             marked = f"could not tag it for retry either ({tag_exc})"
         raise ProposalError(f"proposal of {e.model_name} v{n} failed: {exc} ({marked})") from exc
