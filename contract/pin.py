@@ -6,60 +6,61 @@ the first promotion). Anything else is rejected with a message naming the field.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from contract.errors import PrimerError
 from contract.names import MODEL_NAME
-
-ALLOWED_KEYS = ("model", "version")
+from contract.yaml_files import parse_model
 
 
 class PinError(PrimerError, ValueError):
     """The pin file is missing or malformed; the message names the problem."""
 
 
-@dataclass(frozen=True)
-class Pin:
+class Pin(BaseModel):
+    """``model: spy-direction`` and ``version: <int >= 1 | null>``, nothing else."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     model: str
     version: int | None  # None: nothing promoted yet
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _our_model(cls, value: Any) -> Any:
+        if value != MODEL_NAME:
+            raise ValueError(f"field 'model' is {value!r}, expected '{MODEL_NAME}'")
+        return value
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _whole_positive(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):  # bool is an int subclass: refuse it
+            raise ValueError(f"field 'version' must be an integer or null, got {type(value).__name__} {value!r}")
+        if value <= 0:
+            raise ValueError(f"field 'version' must be >= 1, got {value}")
+        return value
 
     @property
     def model_uri(self) -> str | None:
         return None if self.version is None else f"models:/{self.model}/{self.version}"
 
 
+_MISSING = {
+    "model": f"missing field 'model' (expected '{MODEL_NAME}')",
+    "version": "missing field 'version' (an integer >= 1, or null)",
+}
+
+
 def parse_pin(text: str, source: str = "pin") -> Pin:
     """Validate pin YAML text; raise :class:`PinError` naming the problem."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise PinError(f"{source}: YAML syntax error: {exc}") from exc
-    if data is None:
-        raise PinError(f"{source}: file is empty; expected 'model: {MODEL_NAME}' and 'version: <int or null>'")
-    if not isinstance(data, dict):
-        raise PinError(f"{source}: expected a mapping with 'model' and 'version', got {type(data).__name__}")
-    unknown = sorted(set(map(str, data)) - set(ALLOWED_KEYS))
-    if unknown:
-        raise PinError(f"{source}: unknown key(s) {', '.join(unknown)}; only 'model' and 'version' are allowed")
-    if "model" not in data:
-        raise PinError(f"{source}: missing field 'model' (expected '{MODEL_NAME}')")
-    if data["model"] != MODEL_NAME:
-        raise PinError(f"{source}: field 'model' is {data['model']!r}, expected '{MODEL_NAME}'")
-    if "version" not in data:
-        raise PinError(f"{source}: missing field 'version' (an integer >= 1, or null)")
-    version = data["version"]
-    if version is not None:
-        # bool is a subclass of int: reject it explicitly.
-        if isinstance(version, bool) or not isinstance(version, int):
-            kind = type(version).__name__
-            raise PinError(f"{source}: field 'version' must be an integer or null, got {kind} {version!r}")
-        if version <= 0:
-            raise PinError(f"{source}: field 'version' must be >= 1, got {version}")
-    return Pin(model=data["model"], version=version)
+    return parse_model(Pin, text, source, PinError, missing=_MISSING,
+                       empty=f"file is empty; expected 'model: {MODEL_NAME}' and 'version: <int or null>'")
 
 
 def read_pin(path: str | Path) -> Pin:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from sklearn.base import ClassifierMixin
 from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
@@ -20,6 +20,7 @@ from sklearn.preprocessing import StandardScaler
 
 from contract.errors import SettingsError
 from contract.evidence import METRICS as SELECT_METRICS
+from contract.yaml_files import parse_model
 from ml.features import FEATURE_COLUMNS, LABEL
 
 RANDOM_STATE = 42
@@ -66,54 +67,82 @@ FAMILIES = {
 }
 
 
+class _CandidateSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    family: str
+    params: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _buildable(self) -> _CandidateSpec:
+        if self.family not in FAMILIES:
+            known = ", ".join(FAMILIES)
+            raise ValueError(f"candidate {self.name!r} has unknown family {self.family!r}; known: {known}")
+        try:  # unknown parameters raise TypeError here, at config time
+            build_estimator(Candidate(self.name, self.family, dict(self.params or {})))
+        except TypeError as exc:
+            raise ValueError(f"candidate {self.name!r}: {exc}") from exc
+        return self
+
+
+class _GridFile(BaseModel):
+    """``ml/candidates.yaml``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    candidates: list[_CandidateSpec]
+    select_by: str = "balanced_accuracy"
+    validation_days: int = 250
+
+    @field_validator("candidates", mode="before")
+    @classmethod
+    def _non_empty(cls, value: Any) -> Any:
+        if not isinstance(value, list) or not value:
+            raise ValueError("expected a non-empty 'candidates' list")
+        for i, item in enumerate(value):
+            if not isinstance(item, dict) or "name" not in item or "family" not in item:
+                raise ValueError(f"candidate #{i + 1} needs 'name' and 'family'")
+        return value
+
+    @field_validator("select_by", mode="before")
+    @classmethod
+    def _known_metric(cls, value: Any) -> Any:
+        if value not in SELECT_METRICS:
+            raise ValueError(f"select_by {value!r} is not one of {', '.join(SELECT_METRICS)}")
+        return value
+
+    @field_validator("validation_days", mode="before")
+    @classmethod
+    def _enough_days(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 20:
+            raise ValueError(f"validation_days must be an integer >= 20, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> _GridFile:
+        names = [c.name for c in self.candidates]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate candidate name(s) {', '.join(dupes)}")
+        return self
+
+
 def load_grid(path: str | Path | None = None) -> Grid:
     """Read and check the candidate grid (None: the packaged one); raise :class:`CandidateConfigError`."""
     file = Path(path) if path else None
     if file is None:
         # Next to this module (shipped as package data; importlib.resources trips on editable installs).
-        text = PACKAGED_GRID.read_text()
-        source = "ml/candidates.yaml"
+        text, source = PACKAGED_GRID.read_text(), "ml/candidates.yaml"
     else:
         try:
-            text = file.read_text()
+            text, source = file.read_text(), str(file)
         except OSError as exc:
             raise CandidateConfigError(f"cannot read candidate file {file}: {exc.strerror or exc}") from exc
-        source = str(file)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise CandidateConfigError(f"{source}: YAML syntax error: {exc}") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("candidates"), list) or not data["candidates"]:
-        raise CandidateConfigError(f"{source}: expected a mapping with a non-empty 'candidates' list")
-    select_by = data.get("select_by", Grid.select_by)
-    if select_by not in SELECT_METRICS:
-        raise CandidateConfigError(f"{source}: select_by {select_by!r} is not one of {', '.join(SELECT_METRICS)}")
-    validation_days = data.get("validation_days", Grid.validation_days)
-    if isinstance(validation_days, bool) or not isinstance(validation_days, int) or validation_days < 20:
-        raise CandidateConfigError(f"{source}: validation_days must be an integer >= 20, got {validation_days!r}")
-    out: list[Candidate] = []
-    for i, item in enumerate(data["candidates"]):
-        if not isinstance(item, dict) or "name" not in item or "family" not in item:
-            raise CandidateConfigError(f"{source}: candidate #{i + 1} needs 'name' and 'family'")
-        if item["family"] not in FAMILIES:
-            raise CandidateConfigError(
-                f"{source}: candidate {item['name']!r} has unknown family {item['family']!r}; "
-                f"known: {', '.join(FAMILIES)}"
-            )
-        params = item.get("params") or {}
-        if not isinstance(params, dict):
-            raise CandidateConfigError(f"{source}: candidate {item['name']!r}: 'params' must be a mapping")
-        cand = Candidate(name=str(item["name"]), family=item["family"], params=dict(params))
-        try:
-            build_estimator(cand)
-        except TypeError as exc:
-            raise CandidateConfigError(f"{source}: candidate {cand.name!r}: {exc}") from exc
-        out.append(cand)
-    names = [c.name for c in out]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise CandidateConfigError(f"{source}: duplicate candidate name(s) {', '.join(dupes)}")
-    return Grid(candidates=tuple(out), select_by=select_by, validation_days=validation_days, source=source)
+    spec = parse_model(_GridFile, text, source, CandidateConfigError,
+                       missing={"candidates": "expected a mapping with a non-empty 'candidates' list"})
+    candidates = tuple(Candidate(c.name, c.family, dict(c.params or {})) for c in spec.candidates)
+    return Grid(candidates=candidates, select_by=spec.select_by, validation_days=spec.validation_days, source=source)
 
 
 def build_estimator(candidate: Candidate) -> ClassifierMixin:

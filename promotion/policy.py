@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-import yaml
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from contract.errors import SettingsError
 from contract.evidence import METRICS, Evaluation, improvement
+from contract.yaml_files import parse_model
 
 BOOTSTRAP_MODES = ("commit", "propose")
 # Float subtraction noise (0.53 - 0.52 = 0.00999...) must not flip a decision at the threshold.
@@ -26,8 +27,11 @@ class PolicyError(SettingsError):
     """policy.yaml is missing or malformed; the message names the field."""
 
 
-@dataclass(frozen=True)
-class Policy:
+class Policy(BaseModel):
+    """``promotion/policy.yaml``: every field optional, each checked with a message naming it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     metric: str = "balanced_accuracy"
     min_improvement: float = 0.01
     min_eval_days: int = 60
@@ -35,36 +39,44 @@ class Policy:
     bootstrap_must_beat_baseline: bool = False
     bootstrap: Literal["commit", "propose"] = "commit"
 
-    def __post_init__(self) -> None:
-        if self.metric not in METRICS:
-            raise PolicyError(f"policy: metric {self.metric!r} is not one of {', '.join(METRICS)}")
-        if isinstance(self.min_improvement, bool) or not isinstance(self.min_improvement, (int, float)) \
-                or not math.isfinite(self.min_improvement) or self.min_improvement < 0:
-            raise PolicyError(f"policy: min_improvement must be a number >= 0, got {self.min_improvement!r}")
-        if isinstance(self.min_eval_days, bool) or not isinstance(self.min_eval_days, int) or self.min_eval_days < 1:
-            raise PolicyError(f"policy: min_eval_days must be an integer >= 1, got {self.min_eval_days!r}")
-        for name in ("must_beat_baseline", "bootstrap_must_beat_baseline"):
-            if not isinstance(getattr(self, name), bool):
-                raise PolicyError(f"policy: {name} must be true or false, got {getattr(self, name)!r}")
-        if self.bootstrap not in BOOTSTRAP_MODES:
-            raise PolicyError(f"policy: bootstrap must be one of {', '.join(BOOTSTRAP_MODES)}, got {self.bootstrap!r}")
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _known_metric(cls, value: Any) -> Any:
+        if value not in METRICS:
+            raise ValueError(f"metric {value!r} is not one of {', '.join(METRICS)}")
+        return value
+
+    @field_validator("min_improvement", mode="before")
+    @classmethod
+    def _non_negative(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"min_improvement must be a number >= 0, got {value!r}")
+        return value
+
+    @field_validator("min_eval_days", mode="before")
+    @classmethod
+    def _positive_days(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"min_eval_days must be an integer >= 1, got {value!r}")
+        return value
+
+    @field_validator("must_beat_baseline", "bootstrap_must_beat_baseline", mode="before")
+    @classmethod
+    def _strict_bool(cls, value: Any, info: Any) -> Any:
+        if not isinstance(value, bool):
+            raise ValueError(f"{info.field_name} must be true or false, got {value!r}")
+        return value
+
+    @field_validator("bootstrap", mode="before")
+    @classmethod
+    def _known_mode(cls, value: Any) -> Any:
+        if value not in BOOTSTRAP_MODES:
+            raise ValueError(f"bootstrap must be one of {', '.join(BOOTSTRAP_MODES)}, got {value!r}")
+        return value
 
 
 def parse_policy(text: str, source: str = "policy") -> Policy:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{source}: YAML syntax error: {exc}") from exc
-    if not isinstance(data, dict):
-        raise PolicyError(f"{source}: expected a mapping of policy fields")
-    known = set(Policy.__dataclass_fields__)
-    unknown = sorted(set(map(str, data)) - known)
-    if unknown:
-        raise PolicyError(f"{source}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
-    try:
-        return Policy(**data)
-    except PolicyError as exc:
-        raise PolicyError(f"{source}: {exc}") from exc
+    return parse_model(Policy, text, source, PolicyError)
 
 
 def load_policy(path: str | Path) -> Policy:

@@ -145,3 +145,22 @@ def test_configuration_reference_is_generated_from_the_settings(doc: str) -> Non
     path = REPO / doc
     assert path.read_text() == reference_markdown(), (
         f"{doc} is out of date: run `python -m contract.settings > {doc}`")
+
+
+def test_every_public_error_class_has_the_one_root() -> None:
+    """The CLI prints a PrimerError as one `error:` line; an error class outside the root would be a traceback."""
+    import importlib
+    import inspect
+
+    from contract.errors import PrimerError
+
+    found = []
+    for name in _modules():
+        if name == "bentos.service":  # routes only; importing it builds the BentoML service
+            continue
+        module = importlib.import_module(name)
+        for cls_name, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ == name and issubclass(cls, Exception) and not cls_name.startswith("_"):
+                found.append(cls)
+    assert len(found) >= 15, "the walk found too few error classes"
+    assert [c.__qualname__ for c in found if not issubclass(c, PrimerError)] == []

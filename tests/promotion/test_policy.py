@@ -97,13 +97,13 @@ def test_bootstrap_when_nothing_pinned() -> None:
     v = decide(ev(s(0.49), None, champion_version=None), POLICY)
     assert v.passed and any("does not beat best baseline always_up 0.5000" in r and "at bootstrap" in r
                             for r in v.reasons)
-    strict = replace(POLICY, bootstrap_must_beat_baseline=True)
+    strict = POLICY.model_copy(update={"bootstrap_must_beat_baseline": True})
     assert not decide(ev(s(0.49), None, champion_version=None), strict).passed
     assert not decide(ev(s(0.70), None, champion_version=None, days=30), POLICY).passed  # window rule holds
 
 
 def test_must_beat_baseline_can_be_switched_off() -> None:
-    loose = replace(POLICY, must_beat_baseline=False)
+    loose = POLICY.model_copy(update={"must_beat_baseline": False})
     assert decide(ev(s(0.49), s(0.47)), loose).passed
     assert not decide(ev(s(0.49), s(0.47)), POLICY).passed
 

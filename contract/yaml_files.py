@@ -1,0 +1,54 @@
+"""Small YAML files in git (the pin, the gate policy, the candidate grid) as pydantic models.
+
+Each file is a pydantic model with ``extra="forbid"``; :func:`parse_model` turns YAML
+text into that model or raises the file's own error class with one message that names
+the file and the field, in words a person editing the file can act on.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from contract.errors import PrimerError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_model(model: type[M], text: str, source: str, error: type[PrimerError],
+                missing: dict[str, str] | None = None, empty: str | None = None) -> M:
+    """``model`` validated from the YAML ``text`` of ``source``; ``error`` naming the problem otherwise.
+
+    ``missing`` gives the message for a required field that is absent; ``empty`` the
+    message for an empty file (default: "expected a mapping").
+    """
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise error(f"{source}: YAML syntax error: {exc}") from exc
+    if data is None and empty is not None:
+        raise error(f"{source}: {empty}")
+    if not isinstance(data, dict):
+        fields = " and ".join(f"'{f}'" for f in model.model_fields if model.model_fields[f].is_required())
+        raise error(f"{source}: expected a mapping{f' with {fields}' if fields else ' of fields'}, "
+                    f"got {type(data).__name__}")
+    unknown = sorted(set(map(str, data)) - set(model.model_fields))
+    if unknown:
+        allowed = ", ".join(f"'{f}'" for f in model.model_fields)
+        raise error(f"{source}: unknown key(s) {', '.join(unknown)}; allowed: {allowed}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise error(f"{source}: {describe(exc.errors()[0], missing or {})}") from None
+
+
+def describe(err: Any, missing: dict[str, str]) -> str:
+    """One pydantic error as a sentence: the field's own message from its validator when it has one."""
+    loc = ".".join(str(part) for part in err.get("loc", ()))
+    if err.get("type") == "missing":
+        return missing.get(loc, f"missing field '{loc}'")
+    if err.get("type") == "value_error":
+        return str(err.get("ctx", {}).get("error", err.get("msg")))
+    return f"{loc}: {err.get('msg', 'invalid value')}, got {err.get('input')!r}"
