@@ -58,7 +58,7 @@ class LoadedModel:
 
 
 @dataclass(frozen=True)
-class FeatureRow:
+class FetchedRow:
     frame: Any  # 1-row DataFrame with FEATURE_COLUMNS
     as_of: date
     fetched_at: float  # time.monotonic() of the successful fetch
@@ -85,7 +85,7 @@ class _Status:
     next_attempt: float = 0.0
 
 
-def load_version(tracking_uri: str, version: int) -> LoadedModel:
+def load_served_model(tracking_uri: str, version: int) -> LoadedModel:
     """Load one registered version with its run's metrics and stored feature row.
 
     MLflow is imported here, in the loader thread, so it never slows the
@@ -155,11 +155,11 @@ def _short(exc: BaseException) -> str:
 @dataclass
 class Runtime:
     settings: ServingSettings
-    loader: Callable[[str, int], LoadedModel] = load_version
+    loader: Callable[[str, int], LoadedModel] = load_served_model
     fetcher: Callable[[str, date], tuple[Any, date]] = fetch_tomorrow_row
     # Published state: each is replaced as a whole, never mutated, so readers need no lock.
     model: LoadedModel | None = None
-    features: FeatureRow | None = None
+    features: FetchedRow | None = None
     answer: Answer | None = None
     _status: _Status = field(default_factory=_Status)
     _pin_text: str | None = None
@@ -308,7 +308,7 @@ class Runtime:
             self._status.feature_error = f"fetching prices from {self.settings.data_source!r} failed: {_short(exc)}"
             log.warning("%s; serving the last known feature row (stale)", self._status.feature_error)
             return False
-        self.features = FeatureRow(frame=frame, as_of=as_of, fetched_at=time.monotonic(), fetched_day=today)
+        self.features = FetchedRow(frame=frame, as_of=as_of, fetched_at=time.monotonic(), fetched_day=today)
         self._status.feature_error = None
         log.info("features for tomorrow as of %s from %s", as_of, self.settings.data_source)
         return True

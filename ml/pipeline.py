@@ -468,7 +468,7 @@ def run_pipeline(config: PipelineConfig, echo: Echo = print) -> PipelineResult:
                             stages.timings)
     if config.proposer is not None:
         with stages("promote"):
-            result.proposal = _propose(config.proposer, evaluation, echo)
+            result.proposal = _run_proposer(config.proposer, evaluation, echo)
     stages.timings["total"] = time.perf_counter() - t_start
     return result
 
@@ -488,7 +488,7 @@ def _check_proposer(proposer: Proposer) -> None:
         raise PipelineError(f"{exc}; nothing was trained (fix it, or run with --no-promote)") from exc
 
 
-def _propose(proposer: Proposer, evaluation: Evaluation, echo: Echo) -> Any:
+def _run_proposer(proposer: Proposer, evaluation: Evaluation, echo: Echo) -> Any:
     """Hand the evaluation to the promotion step (the pipeline's last stage)."""
     try:
         outcome = proposer.propose(evaluation)
