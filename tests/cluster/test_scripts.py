@@ -163,9 +163,22 @@ def test_ci_installs_from_the_lock_and_runs_the_linters() -> None:
     assert re.search(r"(?m)^UV_VERSION=\d+\.\d+\.\d+$", text) and '"uv==$UV_VERSION"' in text
     # Install from the lock, the linters, then the README's test command: plain lines under `set -e`.
     assert "set -euo pipefail" in commands
-    order = [commands.index(c) for c in ("uv sync --frozen", "ruff check .", "mypy", "python -m pytest")]
+    order = [commands.index(c) for c in ("uv sync --frozen", "uv run ruff check .", "uv run mypy",
+                                         "uv run python -m pytest")]
     assert order == sorted(order)
     assert "constraints.txt" not in text and "pip install -e" not in text
+
+
+def test_ci_runs_the_test_command_the_readme_gives() -> None:
+    """CI runs what a contributor is told to run: the README's full-suite command, word for word."""
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", readme, flags=re.S)
+    commands = [line.split("#")[0].strip() for block in blocks for line in block.splitlines()]
+    suite = [c for c in commands if c.endswith("-m pytest")]
+    assert suite, "the README shows no full-suite pytest command"
+    ci = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    assert suite[0] in ci, f"README says {suite[0]!r}; .ci/run does not run it"
+    assert any('pytest -m "not slow"' in c for c in commands), "the README names no fast tier"
 
 
 def test_dockerignore_keeps_secrets_and_state_out_of_the_build() -> None:
