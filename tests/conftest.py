@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import free_port, start_mlflow_server, stop_process
 from tests.pg import Postgres, start_postgres
+from tests.support import free_port, running_mlflow, scrub_environ
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,8 +42,7 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 # Tests never read the caller's configuration, and never act on this checkout:
 # a test that forgets to point the code at its own repository gets an empty
 # folder (and fails) instead of committing to the developer's main branch.
-for _var in [v for v in os.environ if v.startswith("PRIMER_") or v == "MLFLOW_TRACKING_URI"]:
-    del os.environ[_var]
+scrub_environ()
 os.environ["PRIMER_REPO_DIR"] = tempfile.mkdtemp(prefix="primer-tests-no-repo-")
 PIN_FILE = REPO_ROOT / "promotion" / "model-version.yaml"
 
@@ -54,6 +53,27 @@ def _checkout_fingerprint() -> tuple[str, str]:
 
 
 _FINGERPRINT_AT_START = _checkout_fingerprint()
+
+
+# The fast tier, `python -m pytest -m "not slow"`: every unit test and the quick checks against
+# the session's SQLite MLflow (CLI errors, rejected data), in under 45 s on 2 cores. A test is
+# `slow` when it uses one of these fixtures (directly or through another), runs on the
+# PostgreSQL-backed MLflow, or is marked @pytest.mark.slow itself because it runs the pipeline
+# through to a registered version.
+SLOW_FIXTURES = {
+    "postgres": "starts PostgreSQL (and an MLflow server on it)",
+    "promo_mlflow": "the promotion tests' own MLflow server, driven with real git and the forge stand-in",
+    "registered": "trains two versions with `primer train` for the serving tests' `bentoml serve`",
+    "loop_repo": "runs `primer up` / `primer down` in a copy of the repository",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        params = getattr(item, "callspec", None)
+        on_postgres = params is not None and params.params.get("any_mlflow_server") == "postgresql"
+        if on_postgres or SLOW_FIXTURES.keys() & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -93,12 +113,8 @@ def postgres() -> Iterator[Postgres]:
 
 
 def _serve(backend_uri: str, backend: str, root: Path) -> Iterator[MlflowServer]:
-    port = free_port()
-    proc = start_mlflow_server(backend_uri, root / "artifacts", port, root / "mlflow.log")
-    try:
-        yield MlflowServer(uri=f"http://127.0.0.1:{port}", backend=backend, root=root)
-    finally:
-        stop_process(proc)
+    with running_mlflow(root, backend_uri) as uri:
+        yield MlflowServer(uri=uri, backend=backend, root=root)
 
 
 @pytest.fixture(scope="session")

@@ -19,18 +19,17 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from tests.support import console_script, free_port, port_in_use
 from contract.names import CHAMPION_ALIAS, MODEL_NAME, PIN_PATH, promotion_branch
 from contract.pin import read_pin, write_pin
-from tests.repo_copy import copy_repo
+from tests.support import console_script, free_port, port_in_use
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SEED_KEYS = {"prediction", "confidence", "threshold", "model_source", "model_alias"}
 
 
 
 def _primer(repo: Path, env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([console_script("primer"), *args], cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([console_script("primer"), *args], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def _served_version(api: str) -> str | None:
@@ -46,18 +45,6 @@ def _wait_served(api: str, version: str, timeout: float = 60) -> None:
             return
         time.sleep(0.5)
     raise AssertionError(f"service still serves v{seen}, expected v{version}")
-
-
-@pytest.fixture()
-def loop_repo(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    repo = copy_repo(REPO_ROOT, tmp_path / "primer")
-    env = dict(os.environ)
-    for var in [v for v in env if v.startswith("PRIMER_") or v == "MLFLOW_TRACKING_URI"]:
-        del env[var]
-    # BentoML empties ~/bentoml/prometheus_multiproc_dir when it starts: not the developer's.
-    env["HOME"] = str(tmp_path / "home")
-    env["BENTOML_HOME"] = str(tmp_path / "home" / "bentoml")
-    return repo, env
 
 
 def test_primer_up_promote_rollback_down(loop_repo: tuple[Path, dict[str, str]]) -> None:

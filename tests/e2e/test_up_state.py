@@ -22,21 +22,10 @@ import httpx
 import psutil
 import pytest
 
+from tests.e2e.test_local_loop import _primer
 from tests.support import console_script, free_port, port_in_use, stop_process, wait_http
-from tests.e2e.test_local_loop import REPO_ROOT, _primer
-from tests.repo_copy import copy_repo
 
 Procs = list[subprocess.Popen]
-
-
-@pytest.fixture()
-def loop_repo(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    """A temporary copy of this repository and an environment without the caller's PRIMER_* settings."""
-    repo = copy_repo(REPO_ROOT, tmp_path / "primer")
-    env = {k: v for k, v in os.environ.items() if not (k.startswith("PRIMER_") or k == "MLFLOW_TRACKING_URI")}
-    env["HOME"] = str(tmp_path / "home")  # BentoML and MLflow caches: not the developer's
-    env["BENTOML_HOME"] = str(tmp_path / "home" / "bentoml")
-    return repo, env
 
 
 @pytest.fixture()
@@ -196,7 +185,8 @@ def test_up_starts_a_fresh_server_when_the_recorded_pid_is_not_ours(
             assert "already running" not in text, text  # took the unrelated PID for its MLflow
             assert up.poll() is None, f"primer up ended ({up.returncode}) before MLflow was up:\n{text}"
             assert time.monotonic() < deadline, f"no MLflow on port {mlflow_port} after 120s:\n{text}"
-            if port_in_use(mlflow_port) and httpx.get(f"http://127.0.0.1:{mlflow_port}/health", timeout=5).status_code == 200:
+            health = f"http://127.0.0.1:{mlflow_port}/health"
+            if port_in_use(mlflow_port) and httpx.get(health, timeout=5).status_code == 200:
                 break
             time.sleep(0.2)
         recorded = json.loads(state.read_text())["processes"]["mlflow"]

@@ -22,8 +22,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner, Result
 
-from primer.cli import main
 from ml.data import synthetic_prices
+from primer.cli import main
 from tests.support import scrub_environ, write_pin_text
 
 if TYPE_CHECKING:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.support import free_port
 from contract.names import MODEL_NAME
+from tests.support import free_port
 
 ARGS = ("--source", "synthetic:7", "--anchor", "2024-06-28", "--train-years", "1")
 
@@ -31,7 +31,8 @@ def test_unreachable_mlflow_is_named(trainer_factory, fast_grid: Path):
         (("--source", "yahoo"), "unknown data source 'yahoo'"),
         (("--source", "csv:/nonexistent/spy.csv"), "CSV data file not found: /nonexistent/spy.csv"),
         (("--source", "synthetic", "--eval-days", "20"), "minimum is 60"),
-        (("--source", "synthetic", "--train-years", "nan"), "--train-years (PRIMER_TRAIN_YEARS) must be a positive number"),
+        (("--source", "synthetic", "--train-years", "nan"),
+         "--train-years (PRIMER_TRAIN_YEARS) must be a positive number"),
         (("--source", "synthetic", "--train-years", "0"), "must be a positive number, got 0.0"),
         (("--source", "synthetic", "--candidates", "/nonexistent.yaml"), "cannot read candidate file"),
     ],
@@ -52,7 +53,8 @@ def test_untrainable_data_is_named_and_registers_nothing(trainer_factory, mlflow
     flat[["open", "high", "low", "close"]] = 100.0
     csv = write_csv(flat, tmp_path / "flat.csv")
     before = _versions(mlflow_server.uri)
-    result = trainer_factory(mlflow_server.uri)("--source", f"csv:{csv}", "--anchor", "2024-06-28", "--train-years", "1",
+    result = trainer_factory(mlflow_server.uri)("--source", f"csv:{csv}", "--anchor", "2024-06-28",
+                                                "--train-years", "1",
                                                 "--candidates", str(fast_grid), "--no-promote")
     assert result.exit_code == 1, result.output
     assert "cannot train candidate rf_small: training window holds a single class (0)" in result.output
@@ -112,6 +114,7 @@ def _rejecting_remote(tmp_path: Path) -> Path:
     return remote
 
 
+@pytest.mark.slow
 def test_proposal_error_fails_the_run_but_keeps_the_version(trainer_factory, mlflow_server, fast_grid: Path,
                                                             tmp_path: Path):
     """The real promotion step, against a remote that refuses the push."""
@@ -129,6 +132,7 @@ def test_proposal_error_fails_the_run_but_keeps_the_version(trainer_factory, mlf
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_unloadable_champion_is_reported_not_fatal(trainer_factory, mlflow_server, fast_grid: Path):
     """A pin naming a version the registry lacks: warn, register anyway, mark the champion unavailable."""
     train = trainer_factory(mlflow_server.uri)

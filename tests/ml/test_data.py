@@ -88,7 +88,8 @@ def test_csv_any_column_case_and_extra_columns(tmp_path: Path, market: pd.DataFr
     assert header.startswith("Date,Open,High,Low,Close,Volume")
     loaded = load_prices(f"csv:{path}")
     assert list(loaded.columns) == list(data.PRICE_COLUMNS)
-    pd.testing.assert_frame_equal(loaded, frame.loc[:, list(data.PRICE_COLUMNS)].reset_index(drop=True), check_dtype=False)
+    expected = frame.loc[:, list(data.PRICE_COLUMNS)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(loaded, expected, check_dtype=False)
     assert pd.api.types.is_datetime64_any_dtype(loaded["date"])
     shouty = tmp_path / "shouty.csv"
     shouty.write_text(path.read_text().replace("Date,Open,High,Low,Close,Volume", "DATE, OPEN ,HIGH,low,ClOsE,VOLUME"))

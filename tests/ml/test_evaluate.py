@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from contract.evidence import Scores
+from contract.settings import TrainSettings
 from ml.evaluate import (
     MIN_TRAIN_ROWS,
     WindowError,
@@ -20,9 +22,7 @@ from ml.evaluate import (
     split_windows,
 )
 from ml.features import LABEL, build_features
-from contract.settings import TrainSettings
 from ml.train import CandidateConfigError, build_estimator, fit, load_grid
-from contract.evidence import Scores
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,8 @@ def test_better_respects_metric_direction():
 
 def test_packaged_grid_has_the_seed_forests_and_another_family():
     grid = load_grid()
-    forests = {(c.params.get("n_estimators"), c.params.get("max_depth")) for c in grid.candidates if c.family == "random_forest"}
+    forests = {(c.params.get("n_estimators"), c.params.get("max_depth"))
+               for c in grid.candidates if c.family == "random_forest"}
     assert {(50, 3), (100, 5), (200, None)} <= forests
     assert {c.family for c in grid.candidates} - {"random_forest"}
     assert grid.select_by == "balanced_accuracy" and grid.validation_days == 250

@@ -15,18 +15,18 @@ from datetime import date
 from pathlib import Path
 
 import mlflow
-from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
+from contract.names import CHALLENGER_ALIAS, EXPERIMENT_NAME, MODEL_NAME, Tag
 from ml import tracking as registry
 from ml.data import load_prices
 from ml.evaluate import score_model, split_windows
 from ml.features import FEATURE_COLUMNS, build_features
 from ml.train import load_grid
-from contract.names import CHALLENGER_ALIAS, EXPERIMENT_NAME, MODEL_NAME, Tag
 from tests.ml.conftest import Trainer
 
 FIRST_ANCHOR = date(2024, 3, 28)
@@ -46,6 +46,7 @@ def _registered(train: Trainer, output: str) -> int:
     return train.last.version
 
 
+@pytest.mark.slow
 def test_two_runs_register_then_rescore_the_pinned_champion(any_mlflow_server, trainer_factory, fast_grid: Path):
     uri = any_mlflow_server.uri
     train = trainer_factory(uri)
@@ -137,7 +138,8 @@ def test_two_runs_register_then_rescore_the_pinned_champion(any_mlflow_server, t
     assert result.champion.accuracy == pytest.approx(expected.accuracy)
     assert result.champion.log_loss == pytest.approx(expected.log_loss)
     assert result.champion.brier == pytest.approx(expected.brier)
-    assert (result.eval_start.isoformat(), result.eval_end.isoformat()) == (v2.tags[Tag.EVAL_START], v2.tags[Tag.EVAL_END])
+    assert result.eval_start.isoformat() == v2.tags[Tag.EVAL_START]
+    assert result.eval_end.isoformat() == v2.tags[Tag.EVAL_END]
     # ...and the line the operator reads says so.
     assert reported["acc"] == pytest.approx(expected.accuracy, abs=5e-4)
     assert reported["log_loss"] == pytest.approx(expected.log_loss, abs=5e-5)
@@ -152,6 +154,7 @@ def test_two_runs_register_then_rescore_the_pinned_champion(any_mlflow_server, t
     assert client.get_model_version(MODEL_NAME, str(n)).tags[Tag.PROMOTION_STATUS] == "candidate"
 
 
+@pytest.mark.slow
 def test_a_champion_that_saw_this_window_is_flagged(mlflow_server, trainer_factory, fast_grid: Path):
     """Going back in time (an earlier --anchor, a restarted replay clock) scores the champion in-sample."""
     train = trainer_factory(mlflow_server.uri)

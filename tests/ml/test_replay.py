@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ml.pipeline import PipelineConfig, prepare_data
 from contract.errors import SettingsError
 from contract.settings import TrainSettings
+from ml.pipeline import PipelineConfig, prepare_data
 from ml.replay import ReplayClock, ReplayConfigError, clock_from_settings
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)

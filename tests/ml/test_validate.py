@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from ml.validate import Rules, ValidationError, validate_prices
 from contract.names import EXPERIMENT_NAME, MODEL_NAME
+from ml.validate import Rules, ValidationError, validate_prices
 from tests.ml.conftest import ANCHOR, write_csv
 
 
@@ -162,7 +162,9 @@ def test_corrupt_input_stops_primer_train_and_registers_nothing(
     assert _counts(mlflow_server.uri) == before, "no model version and no run may be created"
 
 
-def test_clean_csv_trains_through_the_cli(market: pd.DataFrame, tmp_path: Path, mlflow_server, trainer_factory, fast_grid: Path):
+@pytest.mark.slow
+def test_clean_csv_trains_through_the_cli(market: pd.DataFrame, tmp_path: Path, mlflow_server, trainer_factory,
+                                          fast_grid: Path):
     """The control for the cases above: an uncorrupted CSV (31 years, 1993-2024) registers a version."""
     train = trainer_factory(mlflow_server.uri)
     assert market["date"].iloc[0].year == 1993

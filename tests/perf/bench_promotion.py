@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -46,7 +47,7 @@ from promotion.policy import load_policy  # noqa: E402
 from promotion.propose import PromotionSettings, propose_from_evaluation  # noqa: E402
 from tests.promotion.conftest import Registry, make_evaluation  # noqa: E402
 from tests.promotion.fakeforge import FakeForge  # noqa: E402
-from tests.support import free_port, start_mlflow_server, stop_process  # noqa: E402
+from tests.support import register_tiny_version, running_mlflow  # noqa: E402
 
 
 def sh(*args: str, cwd: Path | None = None) -> None:
@@ -84,31 +85,19 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-promotion-"))
-    port = free_port()
-    proc = start_mlflow_server(f"sqlite:///{tmp / 'mlflow.db'}", tmp / "artifacts", port, tmp / "mlflow.log")
+    servers = ExitStack()
+    uri = servers.enter_context(running_mlflow(tmp))
     forge = FakeForge("gitea")
     rows: dict[str, list[float]] = {}
     try:
         import mlflow
-        import numpy as np
-        import pandas as pd
-        from sklearn.linear_model import LogisticRegression
 
-        from ml.features import FEATURE_COLUMNS
-
-        uri = f"http://127.0.0.1:{port}"
         mlflow.set_tracking_uri(uri)
         exp = mlflow.set_experiment("spy-direction").experiment_id
         reg = Registry(uri, exp)
-        X = pd.DataFrame(np.random.default_rng(0).normal(size=(40, len(FEATURE_COLUMNS))), columns=FEATURE_COLUMNS)
-        y = (X.iloc[:, 0] > 0).astype(int)
 
         def new_version() -> tuple[int, str]:
-            with mlflow.start_run(experiment_id=exp) as run:
-                mlflow.sklearn.log_model(LogisticRegression().fit(X, y), name="model",
-                                         serialization_format="pickle", pip_requirements=["scikit-learn"])
-            mv = mlflow.register_model(f"runs:/{run.info.run_id}/model", "spy-direction")
-            return int(mv.version), run.info.run_id
+            return register_tiny_version(uri, exp)
 
         remotes = {"tiny repo": tiny_remote(tmp), "this repo": project_remote(tmp)}
         for label, remote in remotes.items():
@@ -140,7 +129,7 @@ def main() -> int:
             [promotion_branch(v)], "older proposals should have been superseded"
     finally:
         forge.stop()
-        stop_process(proc)
+        servers.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
     print(f"\n{'step':52}{'median s':>10}{'max s':>10}   (runs: {args.runs})")

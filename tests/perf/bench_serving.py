@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,7 +44,16 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
 from contract.names import MODEL_NAME  # noqa: E402
-from tests.support import console_script, free_port, start_mlflow_server, stop_process, wait_http  # noqa: E402
+from tests.support import (  # noqa: E402
+    console_script,
+    free_port,
+    running_mlflow,
+    start_service,
+    stop_process,
+    train_version,
+    wait_http,
+    write_pin_text,
+)
 
 
 @dataclass
@@ -138,42 +148,25 @@ def main() -> int:
     tool = ("wrk" if shutil.which("wrk") else "httpx") if args.tool == "auto" else args.tool
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    servers = ExitStack()  # MLflow and our service
     procs: list[subprocess.Popen] = []
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "BENTOML_DO_NOT_TRACK": "true", "DO_NOT_TRACK": "true"}
     # `mlflow models serve` execs `uvicorn` from PATH: put this environment's bin first.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     try:
         # 1. MLflow + a version trained by the real pipeline.
-        mport = free_port()
-        procs.append(start_mlflow_server(f"sqlite:///{tmp / 'mlflow.db'}", tmp / "artifacts", mport,
-                                         tmp / "mlflow.log"))
-        env["MLFLOW_TRACKING_URI"] = uri = f"http://127.0.0.1:{mport}"
-        pin = tmp / "model-version.yaml"
-        pin.write_text(f"model: {MODEL_NAME}\nversion: null\n")
-        env["PRIMER_PIN_FILE"] = str(pin)
-        subprocess.run([console_script("primer"), "train", "--source", "synthetic", "--no-promote"],
-                       cwd=REPO_ROOT, env=env, check=True, capture_output=True)
-        from mlflow import MlflowClient
+        env["MLFLOW_TRACKING_URI"] = uri = servers.enter_context(running_mlflow(tmp))
+        version = train_version(uri, write_pin_text(tmp / "model-version.yaml", None), "synthetic", base_env=env)
 
-        version = max(int(v.version) for v in MlflowClient(uri).search_model_versions(f"name='{MODEL_NAME}'"))
-        pin.write_text(f"model: {MODEL_NAME}\nversion: {version}\n")
-
-        # 2. Our service: cold start to ready, RSS.
-        sport = free_port()
-        env_s = {**env, "PRIMER_DATA_SOURCE": "synthetic", "BENTOML_HOME": str(tmp / "bentoml-home")}
+        # 2. Our service (`bentoml serve`, synthetic data, the version pinned): cold start to ready, RSS.
         t0 = time.perf_counter()
-        with open(tmp / "serve.log", "ab") as log:
-            ours = subprocess.Popen(
-                [console_script("bentoml"), "serve", "bentos.service:PrimerService",
-                 "--host", "127.0.0.1", "--port", str(sport)],
-                cwd=REPO_ROOT, env=env_s, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        procs.append(ours)
+        svc = servers.enter_context(start_service(tmp / "serve", uri, version, base_env=env))
+        ours, ours_url = svc.proc, svc.url
         while True:
             if ours.poll() is not None:
-                raise RuntimeError(f"service exited: {(tmp / 'serve.log').read_text()[-3000:]}")
+                raise RuntimeError(f"service exited: {svc.log_tail(3000)}")
             try:
-                if httpx.get(f"http://127.0.0.1:{sport}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{ours_url}/readyz", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
@@ -202,7 +195,7 @@ def main() -> int:
         procs.append(theirs)
         wait_http(f"http://127.0.0.1:{bport}/ping", 120, theirs, tmp / "mlflow-serve.log")
         # Same answer from both before timing anything.
-        a_body = httpx.get(f"http://127.0.0.1:{sport}/predictionForTomorrow").json()
+        a_body = httpx.get(f"{ours_url}/predictionForTomorrow").json()
         b_body = httpx.post(f"http://127.0.0.1:{bport}/invocations", json=body).json()
         b_conf = b_body["predictions"][0]
         b_conf = b_conf[-1] if isinstance(b_conf, list) else b_conf.get("1", b_conf)
@@ -210,9 +203,8 @@ def main() -> int:
 
         # 4. Load.
         targets = [
-            ("c", "our /livez", f"http://127.0.0.1:{sport}/livez", None),
-            ("a", "our GET /predictionForTomorrow",
-             f"http://127.0.0.1:{sport}/predictionForTomorrow?threshold=0.5", None),
+            ("c", "our /livez", f"{ours_url}/livez", None),
+            ("a", "our GET /predictionForTomorrow", f"{ours_url}/predictionForTomorrow?threshold=0.5", None),
             ("b", "mlflow POST /invocations", f"http://127.0.0.1:{bport}/invocations", body),
         ]
         runs: dict[str, list[Result]] = {"a": [], "b": [], "c": []}
@@ -257,6 +249,7 @@ def main() -> int:
     finally:
         for p in reversed(procs):
             stop_process(p)
+        servers.close()
         if args.keep:
             print(f"\nlogs kept in {tmp}")
         else:

@@ -26,21 +26,14 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from ml.train import load_grid  # noqa: E402
-from tests.support import free_port, start_mlflow_server, stop_process  # noqa: E402
+from tests.support import latest_version, running_mlflow, scrubbed_env, write_pin_text  # noqa: E402
 
 TARGET_SECONDS = 20.0
 
 
 def run_once(uri: str, pin: Path) -> tuple[float, dict[str, float], str]:
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": uri,
-        "PRIMER_PIN_FILE": str(pin),
-        "PRIMER_MODE": "live",
-        "PRIMER_TRAIN_YEARS": "10",
-        "PRIMER_EVAL_DAYS": "60",
-    }
-    env.pop("PRIMER_CANDIDATES_FILE", None)
+    env = scrubbed_env(MLFLOW_TRACKING_URI=uri, PRIMER_PIN_FILE=str(pin), PRIMER_MODE="live", PRIMER_TRAIN_YEARS="10",
+                       PRIMER_EVAL_DAYS="60")
     primer = Path(sys.executable).parent / "primer"
     cmd = [str(primer) if primer.exists() else "primer", "train", "--source", "synthetic", "--no-promote"]
     t0 = time.perf_counter()
@@ -60,22 +53,15 @@ def main() -> None:
     n_candidates = len(load_grid().candidates)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         root = Path(tmp)
-        pin = root / "model-version.yaml"
-        pin.write_text("model: spy-direction\nversion: null\n")
-        port = free_port()
+        pin = write_pin_text(root / "model-version.yaml", None)
         t0 = time.perf_counter()
-        proc = start_mlflow_server(f"sqlite:///{root / 'mlflow.db'}", root / "artifacts", port, root / "mlflow.log")
-        server_start = time.perf_counter() - t0
-        try:
+        with running_mlflow(root) as uri:
+            server_start = time.perf_counter() - t0
             results = []
-            for _ in range(args.runs):
-                results.append(run_once(f"http://127.0.0.1:{port}", pin))
-                # Later runs are scheduled runs: the first version is pinned, so they re-score it.
-                first_version = re.search(r"^\[register\] spy-direction v(\d+)", results[0][2], re.M)
-                if first_version:
-                    pin.write_text(f"model: spy-direction\nversion: {first_version.group(1)}\n")
-        finally:
-            stop_process(proc)
+            for i in range(args.runs):
+                results.append(run_once(uri, pin))
+                if i == 0:  # later runs are scheduled runs: the first version is pinned, so they re-score it
+                    write_pin_text(pin, latest_version(uri))
     rows = next(line for line in results[0][2].splitlines() if line.startswith("[validate]"))
     print(f"primer train --source synthetic: {n_candidates} candidates, {rows.split(': ', 1)[1]}")
     print(f"(mlflow server start-up, not counted: {server_start:.1f}s; load average {os.getloadavg()[0]:.1f})\n")

@@ -10,22 +10,21 @@ keep the two suites from seeing each other's registry state.
 
 from __future__ import annotations
 
-from typing import Any
-
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.support import register_tiny_version, running_mlflow, scrub_environ
 from contract.evidence import Evaluation, Scores
 from contract.names import EXPERIMENT_NAME, MODEL_NAME, PIN_PATH, POLICY_PATH, PromotionStatus, Tag
 from contract.pin import PIN_TEMPLATE
 from tests.promotion.fakeforge import FakeForge
+from tests.support import register_tiny_version, running_mlflow, scrub_environ
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -40,7 +40,7 @@ class GitHttpServer:
             do_GET = do_POST = _handle
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def url(self, repo: str) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/{repo}"

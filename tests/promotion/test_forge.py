@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import free_port
 from contract.settings import PromotionSettings
 from promotion.forge import ForgeError, HttpForge, NoForge, forge_from_settings
+from tests.promotion.fakeforge import FakeForge
+from tests.support import free_port
 
 
 def forge_from_env(env: dict[str, str]) -> object:
     """The forge the given PRIMER_FORGE* variables configure (as the settings object reads them)."""
     fields = {name.removeprefix("PRIMER_").lower(): value for name, value in env.items()}
     return forge_from_settings(PromotionSettings(**fields))
-from tests.promotion.fakeforge import FakeForge
 
 
 def client(f: FakeForge, token: str | None = None) -> HttpForge:

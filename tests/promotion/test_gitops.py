@@ -94,9 +94,9 @@ def test_push_to_a_named_remote_sends_the_token(http_git: tuple[str, list[dict[s
 @pytest.fixture
 def git_host(tmp_path: Path) -> Iterator[tuple[GitHttpServer, str]]:
     """A bare repository (the pin on main) served by real `git http-backend` behind token auth."""
-    from promotion.gitops import git
     from contract.names import PIN_PATH
     from contract.pin import write_pin
+    from promotion.gitops import git
 
     seed, root = tmp_path / "seed", tmp_path / "srv"
     (seed / PIN_PATH).parent.mkdir(parents=True)

@@ -5,15 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import click
 import pytest
 from click.testing import CliRunner
 
+from contract.pin import PIN_TEMPLATE, PinError, parse_pin, read_pin, render_pin, write_pin
 from primer.cli import PrimerGroup
 from primer.promotion_commands import COMMANDS, EXIT_UNREACHABLE
-from contract.pin import PIN_TEMPLATE, PinError, parse_pin, read_pin, render_pin, write_pin
-from tests.support import free_port
 from tests.promotion.conftest import Registry
+from tests.support import free_port
 
 CLI = PrimerGroup("primer", commands=list(COMMANDS))
 
@@ -127,5 +126,6 @@ def test_primer_console_script_runs_pin_check(tmp_path: Path, offline: None) -> 
     f = tmp_path / "pin.yaml"
     f.write_text("model: spy-direction\nversion: 2\nowner: me\n")
     primer = Path(sys.executable).with_name("primer")
-    r = subprocess.run([str(primer), "pin", "check", str(f)], capture_output=True, text=True, env=os.environ, timeout=120)
+    r = subprocess.run([str(primer), "pin", "check", str(f)], capture_output=True, text=True, env=os.environ,
+                       timeout=120)
     assert r.returncode == 1 and "unknown key(s) owner" in r.stderr

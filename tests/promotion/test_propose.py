@@ -7,20 +7,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from tests.support import free_port
-from primer.cli import PrimerGroup
-from primer.promotion_commands import COMMANDS
 from contract.evidence import Evaluation
 from contract.names import MODEL_NAME, PIN_PATH, PromotionStatus, Tag, promotion_branch
 from contract.pin import parse_pin, render_pin
-from promotion.propose import ProposalError, ProposalOutcome
+from primer.cli import PrimerGroup
+from primer.promotion_commands import COMMANDS
+from promotion.propose import ProposalError
 from tests.promotion.conftest import Registry, Repos, git, make_evaluation, propose, record_evaluation, use_forge
 from tests.promotion.fakeforge import FakeForge
+from tests.support import free_port
 
 CLI = PrimerGroup("primer", commands=list(COMMANDS))
 Versions = Callable[[], tuple[int, str]]
@@ -308,9 +307,9 @@ def test_a_failed_promote_commit_leaves_the_pin_clean_and_retryable(promo_env: R
 
 
 def test_uri_credentials_never_reach_the_pr_body() -> None:
+    from contract.registry import public_uri
     from promotion.policy import Policy, decide
     from promotion.propose import pr_body
-    from contract.registry import public_uri
 
     e = make_evaluation(Registry("http://primer:s3cret@mlflow.example:5000", "1"), 5, "run5", 0.6, champion=(4, 0.5))
     body = pr_body(e, decide(e, Policy()), Policy())

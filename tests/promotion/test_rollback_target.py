@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from primer.promotion_commands import previous_version
-from promotion.gitops import commit_pin, git, pin_history
 from contract.names import MODEL_NAME, PIN_PATH
 from contract.pin import write_pin
+from primer.promotion_commands import previous_version
+from promotion.gitops import commit_pin, git, pin_history
 
 
 def _repo(tmp_path: Path) -> Path:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import click
 import pytest
 from click.testing import CliRunner
 
+from contract.names import PIN_PATH
 from primer.cli import PrimerGroup
 from primer.promotion_commands import COMMANDS
-from contract.names import PIN_PATH
 from tests.promotion.conftest import Registry, Repos
 
 CLI = PrimerGroup("primer", commands=list(COMMANDS))

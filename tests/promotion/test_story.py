@@ -5,17 +5,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import click
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from primer.cli import PrimerGroup
-from primer.promotion_commands import COMMANDS
 from contract.names import (
-    CHALLENGER_ALIAS, CHAMPION_ALIAS, MODEL_NAME, PIN_PATH, PromotionStatus, Tag, promotion_branch, promotion_title,
+    CHALLENGER_ALIAS,
+    CHAMPION_ALIAS,
+    MODEL_NAME,
+    PIN_PATH,
+    PromotionStatus,
+    Tag,
+    promotion_branch,
+    promotion_title,
 )
 from contract.pin import parse_pin
+from primer.cli import PrimerGroup
+from primer.promotion_commands import COMMANDS
 from tests.promotion.conftest import Registry, Repos, git, make_evaluation, propose, use_forge
 from tests.promotion.fakeforge import FakeForge
 

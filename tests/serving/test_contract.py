@@ -7,8 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-
-from tests.serving.conftest import REPO_ROOT
+from tests.support import REPO_ROOT
 
 
 def test_feature_row_schema_matches_feature_columns() -> None:
@@ -27,7 +26,8 @@ def test_service_module_import_is_light() -> None:
 
 def test_ml_serve_does_not_import_bentos() -> None:
     """Dependencies point bentos -> ml: `primer serve` only runs bentoml as a subprocess."""
-    code = "import sys, primer.serve_command; print([m for m in sys.modules if m == 'bentos' or m.startswith('bentos.')])"
+    code = ("import sys, primer.serve_command; "
+            "print([m for m in sys.modules if m == 'bentos' or m.startswith('bentos.')])")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -47,7 +47,6 @@ def test_project_dependencies_cover_every_package_the_service_code_imports() -> 
     """The image installs the project's dependencies alone: a missing package only shows at run time
     (e.g. ml.data without tenacity: fresh features would never load, every answer stale)."""
     import tomllib
-
     from importlib.metadata import packages_distributions, requires
 
     from packaging.requirements import Requirement

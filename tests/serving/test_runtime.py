@@ -19,6 +19,7 @@ from sklearn.dummy import DummyClassifier
 from bentos.runtime import LoadedModel, Runtime
 from contract.settings import ServingSettings as Settings
 from ml.features import FEATURE_COLUMNS
+from tests.support import write_pin_text
 
 
 def _model(version: int, p_up: float) -> LoadedModel:
@@ -95,15 +96,14 @@ def test_configmap_symlink_swap_with_identical_mtime_is_detected(tmp_path: Path)
 
 
 def test_failed_load_keeps_old_model_and_backs_off(tmp_path: Path) -> None:
-    pin = tmp_path / "pin.yaml"
-    pin.write_text("model: spy-direction\nversion: 3\n")
+    pin = write_pin_text(tmp_path / "pin.yaml", 3)
     loader = Loader()
     rt = _runtime(pin, loader)
     _tick(rt)
     rt.publish()
     before = rt.answer
     loader.fail.add(5)
-    pin.write_text("model: spy-direction\nversion: 5\n")
+    write_pin_text(pin, 5)
     _tick(rt)
     assert rt.model.version == 3 and rt.ready
     assert rt.answer == before
@@ -118,8 +118,7 @@ def test_failed_load_keeps_old_model_and_backs_off(tmp_path: Path) -> None:
 
 
 def test_invalid_pin_never_replaces_a_model_and_null_keeps_serving(tmp_path: Path) -> None:
-    pin = tmp_path / "pin.yaml"
-    pin.write_text("model: spy-direction\nversion: 3\n")
+    pin = write_pin_text(tmp_path / "pin.yaml", 3)
     rt = _runtime(pin, Loader())
     _tick(rt)
     for text in ("{{{", "model: spy-direction\nversion: -1\n", "model: spy-direction\nversion: null\n"):
@@ -135,23 +134,6 @@ def test_invalid_pin_never_replaces_a_model_and_null_keeps_serving(tmp_path: Pat
     assert rt.model.version == 3 and "cannot read pin file" in rt.status()["last_error"]
 
 
-def test_answer_is_cached_per_version_and_as_of_and_marks_stale(tmp_path: Path) -> None:
-    pin = tmp_path / "pin.yaml"
-    pin.write_text("model: spy-direction\nversion: 7\n")
-    fresh_row = pd.DataFrame([dict.fromkeys(FEATURE_COLUMNS, 0.01)])
-    rt = _runtime(pin, Loader(), fetch=lambda source, today: (fresh_row, date(2026, 3, 4)))
-    _tick(rt)
-    rt.publish()
-    assert rt.answer.stale is True and rt.answer.as_of == "2026-01-02"  # stored row, before any fetch
-    assert rt.refresh_features()
-    rt.publish()
-    assert rt.answer.stale is False and rt.answer.as_of == "2026-03-04"
-    assert rt.answer.confidence == pytest.approx(0.7)
-    cached = dict(rt._p_cache)
-    rt.publish()
-    assert rt._p_cache == cached and (7, date(2026, 3, 4)) in [k[:2] for k in cached]
-
-
 class FirstFeatureIsP:
     """An estimator whose P(up) is the row's first feature: answers depend on the row."""
 
@@ -162,11 +144,69 @@ class FirstFeatureIsP:
         return np.column_stack([1 - p, p])
 
 
+class CountingFirstFeatureIsP(FirstFeatureIsP):
+    """FirstFeatureIsP that records every row it is asked to score."""
+
+    def __init__(self) -> None:
+        self.scored: list[float] = []
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        self.scored.extend(X.iloc[:, 0].astype(float))
+        return super().predict_proba(X)
+
+
+def _row(value: float) -> pd.DataFrame:
+    return pd.DataFrame([dict.fromkeys(FEATURE_COLUMNS, value)])
+
+
+def test_answer_is_computed_once_per_version_and_row_and_marks_stale(tmp_path: Path) -> None:
+    pin = write_pin_text(tmp_path / "pin.yaml", 7)
+    estimators: dict[int, CountingFirstFeatureIsP] = {}
+
+    def loader(uri: str, version: int) -> LoadedModel:
+        estimators[version] = CountingFirstFeatureIsP()
+        return LoadedModel(version, f"run{version}", estimators[version], {}, "now", _row(0.2), date(2026, 1, 2))
+
+    fetched = {"row": _row(0.3), "as_of": date(2026, 3, 4)}
+    rt = _runtime(pin, loader, fetch=lambda source, today: (fetched["row"], fetched["as_of"]))  # type: ignore[arg-type]
+    _tick(rt)
+
+    def publish_twice() -> None:
+        rt.publish()
+        first = rt.answer
+        rt.publish()
+        assert rt.answer == first
+
+    publish_twice()  # the row stored with the model, before any fetch: scored once
+    assert rt.answer.stale is True and rt.answer.as_of == "2026-01-02" and rt.answer.confidence == pytest.approx(0.2)
+    assert estimators[7].scored == [0.2]
+
+    assert rt.refresh_features()  # fresh data: a new row, scored once
+    publish_twice()
+    assert rt.answer.stale is False and rt.answer.as_of == "2026-03-04" and rt.answer.confidence == pytest.approx(0.3)
+    assert estimators[7].scored == [0.2, 0.3]
+
+    assert rt.refresh_features()  # the same row fetched again: nothing to score
+    publish_twice()
+    assert estimators[7].scored == [0.2, 0.3]
+
+    fetched["row"] = _row(0.4)  # same day, other values (another source): scored again
+    assert rt.refresh_features()
+    publish_twice()
+    assert rt.answer.as_of == "2026-03-04" and rt.answer.confidence == pytest.approx(0.4)
+    assert estimators[7].scored == [0.2, 0.3, 0.4]
+
+    write_pin_text(pin, 8)  # a new version: the same row is scored by it, once
+    _tick(rt)
+    publish_twice()
+    assert rt.answer.model_version == "8" and rt.answer.confidence == pytest.approx(0.4)
+    assert estimators[8].scored == [0.4] and estimators[7].scored == [0.2, 0.3, 0.4]
+
+
 def test_a_fresh_row_with_the_stored_rows_date_is_scored_not_served_from_cache(tmp_path: Path) -> None:
     # Training and serving can read different sources (synthetic:7 vs synthetic) ending on the
     # same day: same as_of, other numbers. The answer must be the fresh row's, not the stored one's.
-    pin = tmp_path / "pin.yaml"
-    pin.write_text("model: spy-direction\nversion: 7\n")
+    pin = write_pin_text(tmp_path / "pin.yaml", 7)
     day = date(2026, 1, 2)
     stored = pd.DataFrame([dict.fromkeys(FEATURE_COLUMNS, 0.2)])
     fresh = pd.DataFrame([dict.fromkeys(FEATURE_COLUMNS, 0.9)])

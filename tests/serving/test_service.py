@@ -77,7 +77,8 @@ def test_ready_once_the_pinned_version_is_loaded(service: Service, registered: R
 
 def test_prediction_keys_types_and_value(service: Service, registered: Registered, local_model: object) -> None:
     # Fresh synthetic features arrive within a second of start; wait for them, not for a fallback.
-    service.wait_model(lambda i: i["stale"] is False and i["model_version"] == str(registered.first), what="fresh features")
+    service.wait_model(lambda i: i["stale"] is False and i["model_version"] == str(registered.first),
+                       what="fresh features")
     r = service.get("/predictionForTomorrow", params={"threshold": "0.3"})
     assert r.status_code == 200, r.text
     body = r.json()
@@ -170,7 +171,8 @@ def test_metrics_count_predictions_by_version(service: Service, registered: Regi
     def count() -> float:
         text = service.get("/metrics").text
         m = re.search(
-            rf'primer_predictions_total{{model_version="{registered.first}",route="predictionForTomorrow"}} ([0-9.e+]+)', text
+            rf'primer_predictions_total{{model_version="{registered.first}",route="predictionForTomorrow"}} '
+            r'([0-9.e+]+)', text
         )
         return float(m.group(1)) if m else 0.0
 
@@ -186,7 +188,8 @@ def test_metrics_count_predictions_by_version(service: Service, registered: Regi
 def test_pin_change_serves_the_new_version_without_restart(service: Service, registered: Registered) -> None:
     pid = service.proc.pid
     write_pin_text(service.pin, registered.second)
-    info = service.wait_model(lambda i: i["model_version"] == str(registered.second), what=f"swap to v{registered.second}")
+    info = service.wait_model(lambda i: i["model_version"] == str(registered.second),
+                              what=f"swap to v{registered.second}")
     assert info["ready"] is True and info["last_error"] is None
     assert service.proc.poll() is None and service.proc.pid == pid
     body = service.get("/predictionForTomorrow").json()
@@ -233,13 +236,17 @@ def test_fuzz_openapi_schema_no_server_errors(service: Service, registered: Regi
     write_pin_text(service.pin, registered.second)
     service.wait_model(lambda i: i["ready"] and i["last_error"] is None, what="a loaded model")
     schema = service.get("/docs.json").json()
-    # POST /predict is a BentoML API: BentoML writes its error responses into the schema itself
-    # (no responses= to set) and types their `detail` as a string, while its own 400 for an
-    # invalid body carries pydantic's list of errors there. Check the bodies against what
-    # BentoML sends; the assertion notices when BentoML's schema changes.
+    # POST /predict is a BentoML API: BentoML writes its responses into /docs.json itself (there is
+    # no responses= to set) and they miss two answers it gives: its own 400 for an invalid body
+    # carries pydantic's list of errors in `detail` (documented as a string), and the middleware's
+    # 415 for a body that is not JSON is not listed. The run checks those answers as they are sent;
+    # the assertion fails once the served schema documents them (then drop this patch).
+    predict = schema["paths"]["/predict"]["post"]["responses"]
     detail = schema["components"]["schemas"]["InvalidArgument"]["properties"]["detail"]
-    assert detail == {"type": "string", "title": "Error Detail"}, detail
+    assert detail == {"type": "string", "title": "Error Detail"} and "415" not in predict, (detail, list(predict))
     detail.update(type="array", items={"type": "object"})
+    predict["415"] = {"description": "the body is not JSON",
+                      "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
     (tmp_path / "openapi.json").write_text(json.dumps(schema))
     res = subprocess.run(
         [
@@ -264,7 +271,6 @@ def test_fuzz_openapi_schema_no_server_errors(service: Service, registered: Regi
 
 def test_stale_fallback_when_fresh_data_cannot_be_had(registered: Registered, tmp_path: Path) -> None:
     """A data source that fails: the row stored with the model at training time answers, marked stale."""
-    import mlflow
     from mlflow import MlflowClient
 
     from ml.tracking import Tracker
