@@ -41,10 +41,11 @@ for var, value in (("GIT_AUTHOR_NAME", "bench"), ("GIT_AUTHOR_EMAIL", "bench@pri
 
 from contract.names import PIN_PATH, POLICY_PATH, promotion_branch  # noqa: E402
 from contract.pin import PIN_TEMPLATE  # noqa: E402
+from contract.settings import PromotionSettings  # noqa: E402
 from promotion import gitops  # noqa: E402
-from promotion.forge import forge_from_env  # noqa: E402
+from promotion.forge import forge_from_settings  # noqa: E402
 from promotion.policy import load_policy  # noqa: E402
-from promotion.propose import PromotionSettings, propose_from_evaluation  # noqa: E402
+from promotion.propose import Promotion, propose_from_evaluation  # noqa: E402
 from tests.promotion.conftest import Registry, make_evaluation  # noqa: E402
 from tests.promotion.fakeforge import FakeForge  # noqa: E402
 from tests.support import register_tiny_version, running_mlflow  # noqa: E402
@@ -106,13 +107,13 @@ def main() -> int:
                                                                          "bench"))
                 for i in range(args.runs)
             ]
-        fc = forge_from_env({"PRIMER_FORGE": "gitea", "PRIMER_FORGE_URL": forge.url,
-                             "PRIMER_FORGE_REPO": forge.repo, "PRIMER_FORGE_TOKEN": forge.token})
+        fc = forge_from_settings(PromotionSettings(forge="gitea", forge_url=forge.url, forge_repo=forge.repo,
+                                                   forge_token=forge.token))
         rows["forge: create PR (local stand-in)"] = [
             timed(lambda i=i: fc.create_pr("t", "b", f"bench-pr/{i}", "main")) for i in range(args.runs)]
 
-        settings = PromotionSettings(remote=str(remotes["this repo"]), branch="main")
-        policy = load_policy(REPO_ROOT / POLICY_PATH)
+        promotion = Promotion(remote=str(remotes["this repo"]), branch="main", token=None,
+                              policy=load_policy(REPO_ROOT / POLICY_PATH), forge=fc)
         champ, _ = new_version()
         sh("git", "update-ref", "refs/heads/main",
            gitops.push_pin_branch(str(remotes["this repo"]), "main", "champion", champ, "champ").commit or "",
@@ -121,8 +122,8 @@ def main() -> int:
         for i in range(args.runs):
             v, run_id = new_version()
             e = make_evaluation(reg, v, run_id, 0.56 + i * 0.001, champion=(champ, 0.5))
-            new.append(timed(lambda e=e: propose_from_evaluation(e, settings=settings, policy=policy, forge=fc)))
-            rerun.append(timed(lambda e=e: propose_from_evaluation(e, settings=settings, policy=policy, forge=fc)))
+            new.append(timed(lambda e=e: propose_from_evaluation(e, promotion=promotion)))
+            rerun.append(timed(lambda e=e: propose_from_evaluation(e, promotion=promotion)))
         rows["propose_from_evaluation, new version (this repo)"] = new
         rows["propose_from_evaluation, re-run (reused)"] = rerun
         assert [p["head"]["ref"] for p in forge.open_prs() if p["head"]["ref"].startswith("promote/")] == \
