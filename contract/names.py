@@ -1,7 +1,7 @@
 """Names every layer shares: MLflow names, tags, files, ports, env vars.
 
-They live here because ``promotion`` is the bottom of the dependency graph
-(``bentos`` -> ``ml`` -> ``promotion``), so every layer can import them.
+They live in ``contract``, the bottom of the dependency graph, so every layer can
+import them.
 Tests check that manifests, scripts and docs agree with these values.
 """
 

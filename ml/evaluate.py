@@ -1,6 +1,6 @@
 """Evaluation: time-ordered windows, metrics, naive baselines, champion re-scoring.
 
-Anchor semantics (see README): data up to and including the anchor date is
+Anchor semantics (see docs/pipeline.md): data up to and including the anchor date is
 visible. The evaluation window is the last ``eval_days`` *labelled* trading
 days up to the anchor — its last row is the trading day before the anchor,
 whose label is decided by the anchor's close. The model is trained only on

@@ -1,13 +1,14 @@
 """The training pipeline, one run, as stage functions that return values:
 
     prepare_data -> build_dataset -> fit_candidates -> select_best -> track_run
-    -> rescore_champion -> register_best -> build_evaluation -> propose
+    -> rescore_champion -> Tracker.register -> build_evaluation -> the Proposer handed in
 
 ``run_pipeline(config)`` strings them together and returns a :class:`PipelineResult`;
 ``primer train`` (``primer.train_command``) prints its progress and hands in the
-promotion step (a :class:`Proposer`), so this package never imports the gate or git. Nothing touches MLflow
-before the data passed validation and every candidate was fitted, so bad data never
-leaves a run or a model version behind; a run that fails later is marked FAILED.
+promotion step (a :class:`Proposer`), so this package never imports the gate or git.
+Nothing touches MLflow before the data passed validation, so bad data never leaves a
+run or a model version behind; a run that fails later is marked FAILED, and nothing is
+registered before every candidate was fitted and logged.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Failure handling: a failed push or forge call never touches the registered
 version beyond tagging it ``promotion_status=proposal_failed``; the evaluation
-that justified it is saved next to the run (``promotion/evaluation.json``) so
-that the next run retries it when its own challenger does not pass the gate
+that justified it (``evaluation.json``, logged once by the pipeline on its parent
+run) is read back so that the next run retries it when its own challenger does not pass the gate
 (and supersedes it when it does). Re-running for the same evaluation is safe:
 the branch and the PR are reused, never duplicated. If the target branch no
 longer pins the champion the evaluation was scored against (a merge landed
