@@ -270,16 +270,15 @@ def start_service(tmp: Path, tracking_uri: str, pin_version: int | None, *, prim
     tmp.mkdir(parents=True, exist_ok=True)
     pin = write_pin_text(tmp / "model-version.yaml", pin_version)
     port = free_port()
-    env = scrubbed_env(
-        base_env, keep=("PRIMER_REPO_DIR",),
-        MLFLOW_TRACKING_URI=tracking_uri,
-        PRIMER_PIN_FILE=str(pin),
-        PRIMER_DATA_SOURCE="synthetic",
-        PRIMER_PIN_POLL_SECONDS="0.5",
-        BENTOML_HOME=str(tmp / "bentoml-home"),
-        BENTOML_DO_NOT_TRACK="true",
+    env = scrubbed_env(base_env, keep=("PRIMER_REPO_DIR",), **{
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "PRIMER_PIN_FILE": str(pin),
+        "PRIMER_DATA_SOURCE": "synthetic",
+        "PRIMER_PIN_POLL_SECONDS": "0.5",
+        "BENTOML_HOME": str(tmp / "bentoml-home"),
+        "BENTOML_DO_NOT_TRACK": "true",
         **env_overrides,
-    )
+    })
     if primer_serve:
         cmd = [console_script("primer"), "serve", "--port", str(port)]
     else:
