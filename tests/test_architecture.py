@@ -116,7 +116,8 @@ def test_no_function_in_product_code_is_over_60_lines() -> None:
 def _reads_environment(tree: ast.AST) -> list[int]:
     lines = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "environb", "putenv"):
+        if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "environb", "putenv") \
+                and isinstance(node.value, ast.Name) and node.value.id == "os":  # not psutil's Process.environ()
             lines.append(node.lineno)
         elif isinstance(node, ast.ImportFrom) and node.module == "os" and \
                 {a.name for a in node.names} & {"environ", "getenv", "environb"}:
@@ -136,6 +137,7 @@ def test_only_the_settings_module_reads_the_environment() -> None:
 def test_the_environment_check_sees_a_read() -> None:
     """The check above would pass on anything if it could not see a read."""
     assert _reads_environment(ast.parse("import os\nos.environ.get('X')\n")) == [2]
+    assert _reads_environment(ast.parse("import os\nos.getenv('X')\n")) == [2]
     assert _reads_environment(ast.parse("from os import getenv\n")) == [1]
     assert _reads_environment(ast.parse((REPO / SETTINGS_MODULE).read_text()))
 

@@ -7,7 +7,6 @@ market data is generated (--offline).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -16,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from mlflow import MlflowClient
 
@@ -75,7 +75,7 @@ def test_primer_up_promote_rollback_down(loop_repo: tuple[Path, dict[str, str]])
         assert body["prediction"] in {"UP", "DOWN"} and 0.0 <= body["confidence"] <= 1.0
         client = MlflowClient(tracking_uri=tracking)
         assert client.get_model_version_by_alias(MODEL_NAME, CHAMPION_ALIAS).version == "1"
-        serving_pid = _serving_pid(repo)
+        serving_pid = _serving_pid(api_port)
 
         # 2. train again on other data: on this window the seed-7 challenger beats v1 by
         #    more than the policy's min_improvement and beats the baselines, so the gate
@@ -92,7 +92,7 @@ def test_primer_up_promote_rollback_down(loop_repo: tuple[Path, dict[str, str]])
         subprocess.run(["git", "merge", "--no-edit", "-q", branch], cwd=repo, check=True)
         assert read_pin(repo / PIN_PATH).version == new_version
         _wait_served(api, str(new_version))
-        assert _serving_pid(repo) == serving_pid  # swapped in place, not restarted
+        assert _serving_pid(api_port) == serving_pid  # swapped in place, not restarted
 
         # 4. roll back: a git commit pins v1 again and the service follows.
         done = _primer(repo, env, "rollback")
@@ -133,11 +133,12 @@ def test_primer_up_promote_rollback_down(loop_repo: tuple[Path, dict[str, str]])
     assert not port_in_use(api_port) and not port_in_use(mlflow_port)
 
 
-def _serving_pid(repo: Path) -> int:
-    state = json.loads((repo / ".primer" / "state.json").read_text())
-    pid = state["processes"]["serving"]["pid"]
-    os.kill(pid, 0)  # alive
-    return pid
+def _serving_pid(api_port: int) -> int:
+    """The process listening on the API port (BentoML's server: `primer serve` execs it)."""
+    pids = {c.pid for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == api_port and c.pid}
+    assert len(pids) == 1, pids
+    return pids.pop()
 
 
 def _promotion_branches(repo: Path) -> list[str]:
@@ -173,8 +174,8 @@ def test_ctrl_c_during_up_stops_what_it_started(loop_repo: tuple[Path, dict[str,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        state = repo / ".primer" / "state.json"
-        while not (state.exists() and port_in_use(mlflow_port)):  # MLflow is up and recorded: training next
+        state = repo / ".primer"
+        while not port_in_use(mlflow_port):  # MLflow is up: training next
             assert proc.poll() is None and time.monotonic() < deadline, "primer up ended before MLflow was up"
             time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGINT)
@@ -182,7 +183,7 @@ def test_ctrl_c_during_up_stops_what_it_started(loop_repo: tuple[Path, dict[str,
         assert proc.returncode == 130, out + err
         assert "interrupted" in err
         assert not port_in_use(mlflow_port)  # the MLflow server this run started is gone
-        assert state.exists() and (repo / ".primer" / "mlflow.db").exists()  # state kept for the next `primer up`
+        assert (state / "mlflow.db").exists()  # state kept for the next `primer up`
     finally:
         if proc.poll() is None:
             proc.kill()
