@@ -127,7 +127,7 @@ def _reads_environment(tree: ast.AST) -> list[int]:
 
 def test_only_the_settings_module_reads_the_environment() -> None:
     readers = []
-    for name, path in _modules().items():
+    for path in _modules().values():
         if path.relative_to(REPO).as_posix() == SETTINGS_MODULE:
             continue
         readers += [f"{path.relative_to(REPO)}:{line}" for line in _reads_environment(ast.parse(path.read_text()))]
