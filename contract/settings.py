@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
@@ -269,6 +270,19 @@ ENTRY_POINTS: tuple[type[_Settings], ...] = (TrainSettings, PromotionSettings, S
 def child_env(**extra: str) -> dict[str, str]:
     """The environment for a child process (git, a server, a ``primer`` subcommand), plus ``extra``."""
     return {**os.environ, **extra}
+
+
+@contextmanager
+def env_restored(name: str) -> Iterator[None]:
+    """Put ``name`` back as it was afterwards: MLflow's own URI scope unsets MLFLOW_TRACKING_URI on exit."""
+    before = os.environ.get(name)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def quiet_mlflow(*, fail_fast: bool = False) -> None:

@@ -35,6 +35,7 @@ from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from contract.errors import PrimerError
 from contract.names import CHALLENGER_ALIAS, EXPERIMENT_NAME, MLFLOW_PORT, MODEL_NAME, PromotionStatus, Tag
 from contract.registry import RegistryUnreachable, probe, public_uri
+from contract.settings import TRACKING_URI_VAR, env_restored
 from ml.features import FEATURE_COLUMNS
 
 LATEST_FEATURES_ARTIFACT = "serving/latest_features.json"
@@ -43,6 +44,14 @@ DATA_ARTIFACT_DIR = "data"
 DATA_ARTIFACT_FILE = "prices.csv"
 MODEL_ARTIFACT_NAME = "model"
 PARENT_RUN_TAG = "mlflow.parentRunId"
+
+
+@contextmanager
+def _scoped_uri(uri: str) -> Iterator[None]:
+    """MLflow's global tracking URI set to ``uri`` for the duration, then put back as it was
+    (MLflow's own scope also unsets MLFLOW_TRACKING_URI on the way out: restored too)."""
+    with env_restored(TRACKING_URI_VAR), _use_tracking_uri(uri):
+        yield
 
 
 class RegistryError(PrimerError):
@@ -102,7 +111,7 @@ class Tracker:
     def _fluent(self, run_id: str) -> Iterator[None]:
         """MLflow's fluent API, pointed at this server and run for the duration only."""
         experiment_id = self.client.get_run(run_id).info.experiment_id  # not whatever set_experiment left
-        with _use_tracking_uri(self.uri), mlflow.start_run(run_id=run_id, experiment_id=experiment_id):
+        with _scoped_uri(self.uri), mlflow.start_run(run_id=run_id, experiment_id=experiment_id):
             yield
 
     # -- what a run holds ----------------------------------------------------------------
@@ -173,7 +182,7 @@ class Tracker:
         ``models:/`` URIs through its global tracking URI, whatever URI is passed in."""
         import mlflow.sklearn
 
-        with _use_tracking_uri(self.uri):
+        with _scoped_uri(self.uri):
             return mlflow.sklearn.load_model(model_uri)
 
 

@@ -170,22 +170,25 @@ def write_pin_text(path: Path, version: int | None | str) -> Path:
 def register_tiny_version(tracking_uri: str, experiment_id: str, *, run_name: str = "candidate",
                           tags: dict[str, str] | None = None) -> tuple[int, str]:
     """Log a tiny real sklearn model (fitted in milliseconds) in its own run and register it as a
-    new version of spy-direction; returns (version, run_id). Sets MLflow's tracking URI."""
+    new version of spy-direction; returns (version, run_id). MLflow's fluent API, pointed at
+    ``tracking_uri`` for the duration only (as ml.tracking does)."""
     import mlflow
     import numpy as np
     import pandas as pd
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
     from sklearn.linear_model import LogisticRegression
 
+    from contract.settings import env_restored
     from ml.features import FEATURE_COLUMNS
 
-    mlflow.set_tracking_uri(tracking_uri)
     rng = np.random.default_rng(0)
     X = pd.DataFrame(rng.normal(size=(40, len(FEATURE_COLUMNS))), columns=list(FEATURE_COLUMNS))
     y = (X.iloc[:, 0] > 0).astype(int)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-        mlflow.sklearn.log_model(LogisticRegression().fit(X, y), name="model",
-                                 serialization_format="pickle", pip_requirements=["scikit-learn"])
-    mv = mlflow.register_model(f"runs:/{run.info.run_id}/model", MODEL_NAME, tags=tags)
+    with env_restored("MLFLOW_TRACKING_URI"), _use_tracking_uri(tracking_uri):
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+            mlflow.sklearn.log_model(LogisticRegression().fit(X, y), name="model",
+                                     serialization_format="pickle", pip_requirements=["scikit-learn"])
+        mv = mlflow.register_model(f"runs:/{run.info.run_id}/model", MODEL_NAME, tags=tags)
     return int(mv.version), run.info.run_id
 
 

@@ -19,13 +19,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
 from contract.names import CHALLENGER_ALIAS, EXPERIMENT_NAME, MODEL_NAME, Tag
 from ml import tracking as registry
 from ml.data import load_prices
 from ml.evaluate import score_model, split_windows
 from ml.features import FEATURE_COLUMNS, build_features
+from ml.tracking import _scoped_uri
 from ml.train import load_grid
 from tests.ml.conftest import Trainer
 
@@ -109,7 +109,7 @@ def test_two_runs_register_then_rescore_the_pinned_champion(any_mlflow_server, t
     row = pd.DataFrame([latest["features"]])
     p = model.predict_proba(row)
     assert p.shape == (1, 2) and 0.0 < p[0, 1] < 1.0
-    with _use_tracking_uri(uri):  # MLflow resolves models:/ through its global URI
+    with _scoped_uri(uri):  # MLflow resolves models:/ through its global URI
         pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{n}")
     assert np.allclose(np.asarray(pyfunc.predict(row)), p)
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from contract.names import MODEL_NAME
 from tests.support import Service, start_service, train_version, write_pin_text
 
 
@@ -44,7 +43,6 @@ def service(registered: Registered, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture(scope="module")
 def local_model(registered: Registered) -> Any:
     """The first version loaded in the test process, to check the service's numbers independently."""
-    import mlflow.sklearn
+    from ml.tracking import Tracker
 
-    mlflow.set_tracking_uri(registered.uri)
-    return mlflow.sklearn.load_model(f"models:/{MODEL_NAME}/{registered.first}")
+    return Tracker(registered.uri).load_version(registered.first)
