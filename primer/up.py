@@ -173,19 +173,24 @@ def _check_ports(p: Plan) -> None:
                           f"{asked}: run `primer down` first, or re-run `primer up` with {again}")
 
 
-def _ensure(server: Server, p: Plan, started: list[subprocess.Popen]) -> None:
-    """Resume our running server, or start it; either way wait until it is ready."""
+def _launch(server: Server, p: Plan, started: list[subprocess.Popen]) -> Callable[[], None]:
+    """Resume our running server, or start it; returns the wait until it is ready.
+
+    Starting and waiting are apart so the service can start while MLflow starts and
+    training runs: it waits for the pin by itself, and is ready once the pinned model loads.
+    """
     port = server.port(p)
     if (running := find(server, p)) is not None:
-        try:
-            wait_http(server.ready_url(port), RESUME_READY_TIMEOUT)
-        except ServerError as exc:
-            raise PrimerError(
-                f"{server.name} is running (pid {running.pid}) but does not answer on port {port}: "
-                f"{str(exc).splitlines()[0]}; see {p.state_dir / 'logs'}, or run `primer down` and `primer up` again"
-            ) from exc
-        click.echo(f"      already running (pid {running.pid})")
-        return
+        def resumed() -> None:
+            try:
+                wait_http(server.ready_url(port), RESUME_READY_TIMEOUT)
+            except ServerError as exc:
+                raise PrimerError(
+                    f"{server.name} is running (pid {running.pid}) but does not answer on port {port}: "
+                    f"{str(exc).splitlines()[0]}; see {p.state_dir / 'logs'}, or run `primer down` and "
+                    "`primer up` again") from exc
+            click.echo(f"      {server.name} already running (pid {running.pid})")
+        return resumed
     log = p.state_dir / "logs" / f"{server.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     env = mlflow_server_env(p.env) if server is MLFLOW else p.env
@@ -193,11 +198,14 @@ def _ensure(server: Server, p: Plan, started: list[subprocess.Popen]) -> None:
         proc = subprocess.Popen(server.command(p), stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=p.repo,
                                 start_new_session=True)
     started.append(proc)
-    try:
-        wait_http(server.ready_url(port), server.start_timeout, proc, log)
-    except ServerError as exc:
-        raise PrimerError(f"{server.name} did not become ready: {exc}") from exc
-    click.echo(f"      ready (pid {proc.pid}, log {log})")
+
+    def started_ready() -> None:
+        try:
+            wait_http(server.ready_url(port), server.start_timeout, proc, log)
+        except ServerError as exc:
+            raise PrimerError(f"{server.name} did not become ready: {exc}") from exc
+        click.echo(f"      {server.name} ready (pid {proc.pid}, log {log})")
+    return started_ready
 
 
 @contextmanager
@@ -261,13 +269,16 @@ def up(p: Plan, *, retrain: bool) -> None:
     total, t0 = 5, time.monotonic()
     _check_ports(p)
     with _stop_on_interrupt(started):
-        _step(1, total, f"MLflow server on {p.tracking_uri} (state in {p.state_dir})")
+        _step(1, total, f"MLflow server on {p.tracking_uri}, BentoML service on http://127.0.0.1:{p.port} "
+                        f"(state in {p.state_dir})")
         (p.state_dir / "mlartifacts").mkdir(parents=True, exist_ok=True)
-        _ensure(MLFLOW, p, started)
+        mlflow_ready = _launch(MLFLOW, p, started)
+        service_ready = _launch(SERVING, p, started)  # starts now; ready once the pinned model loads
+        mlflow_ready()
         _train_unless_resumable(p, retrain, total)
         _pin_and_sync(p, total)
-        _step(5, total, f"BentoML service on http://127.0.0.1:{p.port}")
-        _ensure(SERVING, p, started)
+        _step(5, total, "the service loads the pinned version")
+        service_ready()
     _summary(p, time.monotonic() - t0)
 
 
