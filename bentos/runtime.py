@@ -32,6 +32,7 @@ from contract.names import MODEL_NAME
 from contract.pin import PinError, parse_pin
 from contract.registry import public_uri
 from contract.settings import ServingSettings, quiet_mlflow
+from contract.ui import model_url, model_version_url, ui_base
 
 log = logging.getLogger("bentoml.primer")
 
@@ -346,6 +347,13 @@ class Runtime:
             )
 
     # -- reporting -----------------------------------------------------------------
+    def _ui_link(self, version: int | None) -> str | None:
+        """The served version's page in the MLflow UI (machine-learning view), else the model's."""
+        ui = ui_base(self.settings.tracking_uri)
+        if ui is None:
+            return None
+        return model_version_url(ui, MODEL_NAME, version) if version else model_url(ui, MODEL_NAME)
+
     def status(self) -> dict[str, Any]:
         model, st, answer = self.model, self._status, self.answer
         errors = [e for e in (st.pin_error, st.load_error) if e]
@@ -360,6 +368,7 @@ class Runtime:
             "pin_source": str(self.settings.pin_path()),
             "pinned_version": str(st.pin_version) if st.pin_version is not None else None,
             "tracking_uri": public_uri(self.settings.tracking_uri),  # /model is public
+            "mlflow_ui": self._ui_link(model.version if model else None),
             "data_source": self.settings.data_source,
             "as_of": answer.as_of if answer else None,
             "stale": answer.stale if answer else None,

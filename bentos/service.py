@@ -89,6 +89,7 @@ class ModelInfo(BaseModel):
     pin_source: str
     pinned_version: str | None
     tracking_uri: str
+    mlflow_ui: str | None = Field(description="the served version in the MLflow UI (machine-learning view)")
     data_source: str
     as_of: str | None
     stale: bool | None

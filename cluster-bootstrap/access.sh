@@ -13,6 +13,8 @@ argocd_password=$(secret_value argocd argocd-initial-admin-secret password 2>/de
 gitea_user=$(secret_value gitea gitea-admin username)
 gitea_password=$(secret_value gitea gitea-admin password)
 api="http://$WORKER_IP:$SERVING_NODE_PORT/predictionForTomorrow"
+# The UI's machine-learning view (MLflow 3 opens GenAI pages otherwise): see contract/ui.py.
+mlflow_models="http://$WORKER_IP:$MLFLOW_NODE_PORT/#/models/spy-direction?workflowType=machine_learning"
 
 cat <<MSG
 
@@ -20,7 +22,7 @@ cat <<MSG
  Argo CD   http://$WORKER_IP:$ARGOCD_NODE_PORT        login: admin / $argocd_password
  Gitea     http://$WORKER_IP:$GITEA_NODE_PORT        login: $gitea_user / $gitea_password
            repo: http://$WORKER_IP:$GITEA_NODE_PORT/$GITEA_OWNER/$GITEA_REPO (promotion PRs land here)
- MLflow    http://$WORKER_IP:$MLFLOW_NODE_PORT        (no login)
+ MLflow    $mlflow_models        (no login; the experiment's runs are one click away)
  API       $api
 
  First call (answers a few minutes after the first training run commits the first pin; later winners arrive as PRs):

@@ -26,12 +26,14 @@ from typing import Any, Protocol
 
 import pandas as pd
 
+from contract import ui as ui_links
 from contract.errors import PrimerError
 from contract.evidence import Evaluation, Scores, evaluation_to_dict
 from contract.names import MODEL_NAME, Tag
 from contract.pin import PinError, read_pin
 from contract.registry import public_uri
 from contract.settings import TrainSettings
+from contract.ui import ui_base
 from ml import data as data_mod
 from ml import plots
 from ml.evaluate import (
@@ -412,6 +414,9 @@ def _finish(ctx: RunContext, config: PipelineConfig, parent_id: str, select_by: 
                 tags={"challenger_version": str(version), "challenger_candidate": best.name})
     tracker.log_dict(parent_id, evaluation_to_dict(evaluation), EVALUATION_ARTIFACT)
     echo(f"[register] {MODEL_NAME} v{version} (candidate {best.name}, run {best.run_id}), alias challenger")
+    if (ui := ui_base(tracker.uri)) is not None:
+        echo(f"[mlflow] the selected run: {ui_links.run_url(ui, ctx.experiment_id, best.run_id)}")
+        echo(f"[mlflow] the model's versions: {ui_links.model_url(ui, MODEL_NAME)}")
     return evaluation
 
 
@@ -428,7 +433,9 @@ def _open_run(config: PipelineConfig, prices: pd.DataFrame, anchor: date, datase
               baselines: dict[str, Scores], echo: Echo) -> tuple[RunContext, str]:
     tracker = _connect(config)
     experiment_id = tracker.experiment_id()
-    echo(f"[mlflow] {public_uri(tracker.uri)} experiment {experiment_id}")
+    ui = ui_base(tracker.uri)
+    where = ui_links.experiment_url(ui, experiment_id) if ui else public_uri(tracker.uri)
+    echo(f"[mlflow] experiment {experiment_id}: {where}")
     tags = {"anchor": anchor.isoformat(), Tag.DATA_SOURCE.value: config.source,
             Tag.GIT_SHA.value: git_sha(config.settings.repo_root())}
     baseline_metrics: dict[str, float] = {}

@@ -36,6 +36,7 @@ from contract.errors import PrimerError
 from contract.names import CHALLENGER_ALIAS, EXPERIMENT_NAME, MLFLOW_PORT, MODEL_NAME, PromotionStatus, Tag
 from contract.registry import RegistryUnreachable, probe, public_uri
 from contract.settings import TRACKING_URI_VAR, env_restored
+from contract.ui import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 from ml.features import FEATURE_COLUMNS
 
 LATEST_FEATURES_ARTIFACT = "serving/latest_features.json"
@@ -78,8 +79,13 @@ class Tracker:
         return cls(uri)
 
     def experiment_id(self, name: str = EXPERIMENT_NAME) -> str:
+        """The experiment's id, created if needed and marked as model training (contract.ui)."""
         found = self.client.get_experiment_by_name(name)
-        return found.experiment_id if found is not None else self.client.create_experiment(name)
+        if found is None:
+            return str(self.client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}))
+        if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        return str(found.experiment_id)
 
     # -- runs ------------------------------------------------------------------------
     def start_run(self, experiment_id: str, name: str, tags: Mapping[str, str], parent: str | None = None) -> str:

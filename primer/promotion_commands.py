@@ -18,10 +18,12 @@ import click
 import httpx
 
 from contract import registry
+from contract import ui as ui_links
 from contract.errors import PrimerError
 from contract.names import CHALLENGER_ALIAS, CHAMPION_ALIAS, MODEL_NAME, PromotionStatus, promotion_title
 from contract.pin import Pin, PinError, parse_pin, read_pin
 from contract.settings import PromotionSettings
+from contract.ui import ui_base
 from promotion import gitops
 from promotion.forge import ForgeError, forge_from_settings
 from promotion.gitops import GitError
@@ -275,6 +277,8 @@ def _status_aliases(uri: str, pinned: int | None, drift: list[str], unchecked: l
         ch_status = registry.status_of(c, challenger) if challenger else None
         click.echo(f"champion (MLflow):    {_fmt_v(champion)}")
         click.echo(f"challenger (MLflow):  {_fmt_v(challenger)}" + (f" ({ch_status})" if ch_status else ""))
+        if (ui := ui_base(uri)) is not None:
+            click.echo(f"MLflow UI:            {ui_links.model_url(ui, MODEL_NAME)}")
         if champion != pinned:
             drift.append(f"MLflow alias {CHAMPION_ALIAS} is {_fmt_v(champion)} but git pins {_fmt_v(pinned)} "
                          "(run `primer registry sync`)")

@@ -26,10 +26,12 @@ import click
 import httpx
 import psutil
 
+from contract import ui as ui_links
 from contract.errors import PrimerError
-from contract.names import MLFLOW_PORT, MODEL_NAME, SERVING_PORT
+from contract.names import EXPERIMENT_NAME, MLFLOW_PORT, MODEL_NAME, SERVING_PORT
 from contract.pin import read_pin
 from contract.settings import LocalSettings, child_env
+from contract.ui import ui_base
 from primer.processes import (
     ServerError,
     console_script,
@@ -45,6 +47,8 @@ SERVING_READY_TIMEOUT = 120.0
 # A server `up` finds running must answer its ready URL this soon, or `up` says so
 # (rather than going on and hanging in the MLflow client's retries).
 RESUME_READY_TIMEOUT = 10.0
+# How long the summary waits for an answer from fresh market data (not the stored row).
+FRESH_ANSWER_TIMEOUT = 20.0
 STATE_VAR = "PRIMER_STATE_DIR"  # set for the service: how `up` and `down` recognise it
 
 
@@ -282,12 +286,38 @@ def up(p: Plan, *, retrain: bool) -> None:
     _summary(p, time.monotonic() - t0)
 
 
+def _first_answer(api: str) -> str:
+    """The first answer, fresh: the service fetches market data right after the model loads,
+    and until then answers from the row stored at training time (``stale``). Wait a little
+    for the fresh one; if it does not come, say why."""
+    deadline = time.monotonic() + FRESH_ANSWER_TIMEOUT
+    while True:
+        try:
+            answer = httpx.get(f"{api}/predictionForTomorrow", params={"threshold": 0.3}, timeout=10)
+            if answer.status_code == 200 and not answer.json().get("stale"):
+                return answer.text.strip()
+            why = httpx.get(f"{api}/model", timeout=10).json().get("feature_error") or "no fresh market data yet"
+        except (httpx.HTTPError, ValueError) as exc:
+            return f"(no answer yet: {exc})"
+        if time.monotonic() > deadline:
+            indent = " " * 17
+            return f"{answer.text.strip()}\n{indent}(stale: the row stored at training time answers, because: {why})"
+        time.sleep(0.5)
+
+
+def _ui_links(tracking_uri: str) -> str:
+    """The experiment's runs and the model's versions, in the UI's machine-learning view."""
+    from mlflow import MlflowClient
+
+    ui = ui_base(tracking_uri) or tracking_uri
+    experiment = MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name(EXPERIMENT_NAME)
+    runs = ui_links.experiment_url(ui, experiment.experiment_id) if experiment else "(no experiment yet)"
+    return f"{runs}\n                 {ui_links.model_url(ui, MODEL_NAME)}"
+
+
 def _summary(p: Plan, elapsed: float) -> None:
     api, tracking_uri = f"http://127.0.0.1:{p.port}", p.tracking_uri
-    try:
-        answer = httpx.get(f"{api}/predictionForTomorrow", params={"threshold": 0.3}, timeout=10).text
-    except httpx.HTTPError as exc:
-        answer = f"(no answer yet: {exc})"
+    answer = _first_answer(api)
     prefix = "" if p.mlflow_port == MLFLOW_PORT else f"MLFLOW_TRACKING_URI={tracking_uri} "
     next_steps = [
         (f"{prefix}primer train --source synthetic:7", "train again; a winner becomes a promote/... branch"),
@@ -300,9 +330,9 @@ def _summary(p: Plan, elapsed: float) -> None:
     click.echo("")
     click.secho(f"The loop is up ({elapsed:.0f}s).", fg="green", bold=True)
     click.echo(f"""
-  MLflow UI      {tracking_uri}   (experiment and model: {MODEL_NAME})
+  MLflow UI      {_ui_links(tracking_uri)}
   API            curl "{api}/predictionForTomorrow?threshold=0.3"
-                 -> {answer.strip()}
+                 -> {answer}
   What serves    {api}/model
   The pin        {p.settings.pin_path()}  (git decides what serves)
   State, logs    {p.state_dir}

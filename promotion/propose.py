@@ -22,6 +22,7 @@ from typing import Any
 from tenacity import retry, stop_after_attempt, wait_exponential
 
 from contract import registry
+from contract import ui as ui_links
 from contract.errors import PrimerError
 from contract.evidence import METRICS, Evaluation, evaluation_from_dict, improvement
 from contract.names import (
@@ -35,6 +36,7 @@ from contract.names import (
 )
 from contract.pin import PinError
 from contract.settings import PromotionSettings
+from contract.ui import ui_base
 from promotion import gitops
 from promotion.forge import Forge, ForgeError, PullRequest, forge_from_settings
 from promotion.gitops import GitError, PinMoved
@@ -137,16 +139,15 @@ def _fmt(x: float | None) -> str:
 
 
 def _links(e: Evaluation) -> dict[str, str]:
-    ui = registry.public_uri(e.tracking_uri).rstrip("/")  # the PR body is read by everyone with repo access
-    if not ui.startswith(("http://", "https://")):
-        ui = "<mlflow ui>"
+    ui = ui_base(e.tracking_uri) or "<mlflow ui>"  # no credentials: the PR body is read by everyone with access
     links = {
-        "challenger run": f"{ui}/#/experiments/{e.experiment_id}/runs/{e.challenger_run_id}",
-        "training run": f"{ui}/#/experiments/{e.experiment_id}/runs/{e.parent_run_id}",
-        f"model version v{e.challenger_version}": f"{ui}/#/models/{e.model_name}/versions/{e.challenger_version}",
+        "challenger run": ui_links.run_url(ui, e.experiment_id, e.challenger_run_id),
+        "training run": ui_links.run_url(ui, e.experiment_id, e.parent_run_id),
+        f"model version v{e.challenger_version}": ui_links.model_version_url(ui, e.model_name, e.challenger_version),
+        "all versions and aliases": ui_links.model_url(ui, e.model_name),
     }
     if e.champion_version is not None:
-        links[f"champion v{e.champion_version}"] = f"{ui}/#/models/{e.model_name}/versions/{e.champion_version}"
+        links[f"champion v{e.champion_version}"] = ui_links.model_version_url(ui, e.model_name, e.champion_version)
     return links
 
 
