@@ -285,15 +285,20 @@ def env_restored(name: str) -> Iterator[None]:
             os.environ[name] = before
 
 
-def quiet_mlflow(*, fail_fast: bool = False) -> None:
+def quiet_mlflow(*, fail_fast: bool = False, bounded: bool = False) -> None:
     """MLflow defaults this project changes, set once per process (a value the user set wins).
 
-    No telemetry and no "View run at ..." lines; with ``fail_fast`` (serving) no long HTTP
-    retries: the service's own loop retries with backoff and reports why.
+    No telemetry and no "View run at ..." lines. MLflow's own HTTP retries (7, doubling, 120 s
+    timeouts) hide a dead server for over ten minutes: ``fail_fast`` (serving, whose own loop
+    retries with backoff) turns them off; ``bounded`` (training) keeps a few short ones, so a
+    server killed mid-run ends ``primer train`` within about a minute.
     """
     defaults = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
     if fail_fast:
         defaults |= {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+    elif bounded:
+        defaults |= {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
     for name, value in defaults.items():
         os.environ.setdefault(name, value)
 

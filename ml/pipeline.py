@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pandas as pd
+import requests
+from mlflow.exceptions import MlflowException
 
 from contract import ui as ui_links
 from contract.errors import PrimerError
@@ -281,7 +283,7 @@ def select_best(results: list[CandidateResult], select_by: str) -> CandidateResu
 # ---------------------------------------------------------------- MLflow
 
 
-@dataclass(frozen=True)
+@dataclass
 class RunContext:
     """What every run of this training shares in MLflow."""
 
@@ -289,6 +291,7 @@ class RunContext:
     experiment_id: str
     tags: dict[str, str]
     baseline_metrics: dict[str, float]
+    registered: int | None = None  # the version, once registered
 
 
 def _parent_params(config: PipelineConfig, anchor: date, windows: Windows, grid: Grid) -> dict[str, Any]:
@@ -408,6 +411,7 @@ def _finish(ctx: RunContext, config: PipelineConfig, parent_id: str, select_by: 
             Tag.EVAL_START.value: windows.eval_start.isoformat(), Tag.EVAL_END.value: windows.eval_end.isoformat(),
             Tag.DATA_SOURCE.value: config.source, Tag.GIT_SHA.value: ctx.tags[Tag.GIT_SHA.value],
         })
+        ctx.registered = version
     evaluation = build_evaluation(ctx, config, parent_id=parent_id, version=version, best=best,
                                   windows=windows, baselines=baselines, champion=champion)
     tracker.log(parent_id, metrics=metrics_dict(best.scores, prefix="challenger_"),
@@ -442,6 +446,8 @@ def _open_run(config: PipelineConfig, prices: pd.DataFrame, anchor: date, datase
     for name, s in baselines.items():
         baseline_metrics.update(metrics_dict(s, prefix=f"baseline_{name}_"))
     ctx = RunContext(tracker, experiment_id, tags, baseline_metrics)
+    if abandoned := tracker.fail_abandoned(experiment_id):
+        echo(f"[mlflow] marked {len(abandoned)} run(s) FAILED that an earlier, cut-off run left RUNNING")
     parent_id = tracker.start_run(experiment_id, f"train-{anchor}", {**tags, "mode": config.settings.mode})
     tracker.log(parent_id, params=_parent_params(config, anchor, dataset.windows, grid), metrics=baseline_metrics)
     tracker.log_data_window(parent_id, prices, config.source, anchor)
@@ -462,16 +468,17 @@ def run_pipeline(config: PipelineConfig, echo: Echo = print) -> PipelineResult:
         dataset = build_dataset(prices, config, echo)
     grid = _load_grid(config)
     baselines = score_baselines(dataset.windows)
-    with stages("mlflow-setup"):
+    with _mlflow_failures(config, None), stages("mlflow-setup"):
         ctx, parent_id = _open_run(config, prices, anchor, dataset, grid, baselines, echo)
-    try:
-        with stages("train+score"):
-            results = fit_candidates(grid, dataset.windows, echo)
-        evaluation = _finish(ctx, config, parent_id, grid.select_by, results, dataset, baselines, stages, echo)
-    except BaseException:
-        _end_quietly(ctx.tracker, parent_id, ok=False)
-        raise
-    ctx.tracker.end_run(parent_id)
+    with _mlflow_failures(config, ctx):
+        try:
+            with stages("train+score"):
+                results = fit_candidates(grid, dataset.windows, echo)
+            evaluation = _finish(ctx, config, parent_id, grid.select_by, results, dataset, baselines, stages, echo)
+            ctx.tracker.end_run(parent_id)
+        except BaseException:
+            ctx.tracker.fail_open_runs()
+            raise
     result = PipelineResult(evaluation, evaluation.challenger_version, parent_id, results, anchor, len(prices),
                             stages.timings)
     if config.proposer is not None:
@@ -481,11 +488,20 @@ def run_pipeline(config: PipelineConfig, echo: Echo = print) -> PipelineResult:
     return result
 
 
-def _end_quietly(tracker: Tracker, run_id: str, ok: bool) -> None:
+@contextmanager
+def _mlflow_failures(config: PipelineConfig, ctx: RunContext | None) -> Iterator[None]:
+    """MLflow failing mid-run (killed, unreachable): one line that says so, after bounded retries
+    (``quiet_mlflow``), never a traceback; the runs it left open are FAILED now or at the next run."""
     try:
-        tracker.end_run(run_id, ok)
-    except Exception as exc:  # noqa: BLE001 - the original failure matters more; MLflow may be the cause
-        log.warning("could not mark run %s %s: %s", run_id, "FINISHED" if ok else "FAILED", exc)
+        yield
+    except (MlflowException, requests.RequestException) as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        registered = f"{MODEL_NAME} v{ctx.registered} is registered" if ctx and ctx.registered else \
+            "nothing was registered"
+        runs = "" if ctx is None else ("; its runs are marked FAILED" if not ctx.tracker.open_runs else
+                                       "; the runs it left open are marked FAILED by the next `primer train`")
+        raise PipelineError(f"MLflow at {public_uri(config.settings.tracking_uri)} failed during training "
+                            f"({first}); {registered}{runs}") from exc
 
 
 def _check_proposer(proposer: Proposer) -> None:

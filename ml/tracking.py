@@ -14,6 +14,8 @@ active run): those run inside :meth:`Tracker._fluent`, which puts the global bac
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import tempfile
 import time
@@ -26,6 +28,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+import psutil
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.models import infer_signature
@@ -45,6 +48,10 @@ DATA_ARTIFACT_DIR = "data"
 DATA_ARTIFACT_FILE = "prices.csv"
 MODEL_ARTIFACT_NAME = "model"
 PARENT_RUN_TAG = "mlflow.parentRunId"
+# Who started a run: a later run marks it FAILED once that process is gone (fail_abandoned).
+OWNER_HOST_TAG = "primer.host"
+OWNER_PID_TAG = "primer.pid"
+ABANDONED_AFTER_SECONDS = 3600.0  # a RUNNING run from another host (a CronJob pod) counts as abandoned after this
 
 
 @contextmanager
@@ -65,6 +72,7 @@ class Tracker:
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        self.open_runs: list[str] = []  # started here and not ended yet
 
     @classmethod
     def connect(cls, uri: str, timeout: float = 10.0) -> Tracker:
@@ -89,11 +97,40 @@ class Tracker:
 
     # -- runs ------------------------------------------------------------------------
     def start_run(self, experiment_id: str, name: str, tags: Mapping[str, str], parent: str | None = None) -> str:
-        all_tags = {**tags, **({PARENT_RUN_TAG: parent} if parent else {})}
-        return self.client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
+        owner = {OWNER_HOST_TAG: socket.gethostname(), OWNER_PID_TAG: str(os.getpid())}
+        all_tags = {**tags, **owner, **({PARENT_RUN_TAG: parent} if parent else {})}
+        run_id = str(self.client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id)
+        self.open_runs.append(run_id)
+        return run_id
 
     def end_run(self, run_id: str, ok: bool = True) -> None:
         self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+        if run_id in self.open_runs:
+            self.open_runs.remove(run_id)
+
+    def fail_open_runs(self) -> bool:
+        """Mark every run this tracker left open FAILED (best effort: MLflow may be what failed)."""
+        for run_id in list(self.open_runs):
+            try:
+                self.end_run(run_id, ok=False)
+            except Exception:  # noqa: BLE001 - the next run marks it (fail_abandoned)
+                return False
+        return True
+
+    def fail_abandoned(self, experiment_id: str) -> list[str]:
+        """Mark FAILED the runs a crashed or cut-off `primer train` left RUNNING: started on this host
+        by a process that is gone, or anywhere more than ABANDONED_AFTER_SECONDS ago."""
+        found = self.client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=500)
+        now_ms, failed = time.time() * 1000, []
+        for run in found:
+            tags, pid = run.data.tags, run.data.tags.get(OWNER_PID_TAG, "")
+            here = tags.get(OWNER_HOST_TAG) == socket.gethostname()
+            gone = here and pid.isdigit() and not psutil.pid_exists(int(pid))
+            if gone or now_ms - run.info.start_time > ABANDONED_AFTER_SECONDS * 1000:
+                self.client.set_tag(run.info.run_id, "primer.abandoned", "true")
+                self.client.set_terminated(run.info.run_id, "FAILED")
+                failed.append(run.info.run_id)
+        return failed
 
     def log(self, run_id: str, *, params: Mapping[str, Any] | None = None,
             metrics: Mapping[str, float] | None = None, tags: Mapping[str, str] | None = None) -> None:
@@ -115,10 +152,16 @@ class Tracker:
 
     @contextmanager
     def _fluent(self, run_id: str) -> Iterator[None]:
-        """MLflow's fluent API, pointed at this server and run for the duration only."""
-        experiment_id = self.client.get_run(run_id).info.experiment_id  # not whatever set_experiment left
-        with _scoped_uri(self.uri), mlflow.start_run(run_id=run_id, experiment_id=experiment_id):
+        """MLflow's fluent API, pointed at this server and run for the duration only.
+
+        Leaving ``mlflow.start_run`` ends the run (FINISHED); the run is still ours to finish,
+        so it is put back to RUNNING: a run cut off later must not look complete.
+        """
+        run = self.client.get_run(run_id)  # its experiment, not whatever set_experiment left
+        with _scoped_uri(self.uri), mlflow.start_run(run_id=run_id, experiment_id=run.info.experiment_id):
             yield
+        if run.info.status == "RUNNING":
+            self.client.update_run(run_id, status="RUNNING")
 
     # -- what a run holds ----------------------------------------------------------------
     def log_data_window(self, run_id: str, prices: pd.DataFrame, source: str, anchor: date) -> None:

@@ -52,11 +52,12 @@ def train_command(
     candidates_file: Path | None,
     no_promote: bool,
 ) -> None:
-    from contract.settings import TrainSettings
+    from contract.settings import TrainSettings, quiet_mlflow
     from ml.pipeline import PipelineConfig, run_pipeline
     from ml.validate import ValidationError
     from promotion.propose import GitProposer
 
+    quiet_mlflow(bounded=True)  # a dead MLflow ends the run in bounded time, with one line
     settings = TrainSettings.load(data_source=source, eval_days=eval_days, train_years=train_years,
                                   candidates_file=candidates_file)
     proposer = None if no_promote else GitProposer(settings)
