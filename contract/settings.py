@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
@@ -243,6 +244,17 @@ class ServingSettings(RepoSettings, DataSettings):
     feature_ttl_seconds: float = Field(
         3600.0, gt=0, description="How long a fetched feature row counts as fresh (a new UTC day always refetches).",
     )
+    bentoml_home: Path | None = Field(
+        None, validation_alias="BENTOML_HOME",
+        description="BentoML's home (its Prometheus folder lives there). Default for `primer serve`: one per port "
+                    "in the temp folder, so two services on one host never share (and wipe) each other's metrics.",
+    )
+
+    def service_home(self, port: int) -> Path:
+        """``BENTOML_HOME`` if set, else a folder of this user's for this port alone."""
+        if self.bentoml_home is not None:
+            return self.bentoml_home
+        return Path(tempfile.gettempdir()) / f"primer-bentoml-{os.getuid()}-{port}"
 
     @field_validator("pin_poll_seconds", "feature_ttl_seconds")
     @classmethod

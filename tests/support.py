@@ -262,7 +262,8 @@ class Service:
 
 
 def start_service(tmp: Path, tracking_uri: str, pin_version: int | None, *, primer_serve: bool = False,
-                  wait_for: str = "/livez", base_env: Mapping[str, str] | None = None, **env_overrides: str) -> Service:
+                  wait_for: str = "/livez", base_env: Mapping[str, str] | None = None,
+                  **env_overrides: str | None) -> Service:
     """Start the service on a free port and wait until ``wait_for`` answers 200.
 
     ``bentoml serve bentos.service:PrimerService`` from the repository root, or the CLI's
@@ -282,6 +283,7 @@ def start_service(tmp: Path, tracking_uri: str, pin_version: int | None, *, prim
         "BENTOML_DO_NOT_TRACK": "true",
         **env_overrides,
     })
+    env = {k: v for k, v in env.items() if v is not None}  # an override of None unsets the variable
     if primer_serve:
         cmd = [console_script("primer"), "serve", "--port", str(port)]
     else:

@@ -305,6 +305,29 @@ def test_primer_serve_answers_the_seed_curl(registered: Registered, tmp_path: Pa
         assert r.json()["model_version"] == str(registered.first)
 
 
+def _predictions(svc: Service, version: int) -> float:
+    m = re.search(rf'primer_predictions_total{{model_version="{version}",route="predictionForTomorrow"}} '
+                  r"([0-9.e+]+)", svc.get("/metrics").text)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_two_primer_serves_on_one_host_keep_their_own_metrics(registered: Registered, tmp_path: Path) -> None:
+    """Same user, same HOME, no BENTOML_HOME: BentoML empties <home>/prometheus_multiproc_dir when it
+    starts, so a second service used to wipe the first one's counters (804 answers reported as 4)."""
+    shared = {"HOME": str(tmp_path / "home"), "BENTOML_HOME": None}
+    with start_service(tmp_path / "a", registered.uri, registered.first, primer_serve=True, wait_for="/readyz",
+                       **shared) as first:
+        for _ in range(20):
+            assert first.get("/predictionForTomorrow").status_code == 200
+        assert _predictions(first, registered.first) == 20
+        with start_service(tmp_path / "b", registered.uri, registered.first, primer_serve=True,
+                           wait_for="/readyz", **shared) as second:
+            for _ in range(5):
+                assert second.get("/predictionForTomorrow").status_code == 200
+            assert _predictions(first, registered.first) == 20
+            assert _predictions(second, registered.first) == 5
+
+
 def test_primer_serve_names_a_busy_port(tmp_path: Path) -> None:
     """Like `primer up`: the port and the option to change it, not BentoML's traceback."""
     import socket
