@@ -15,6 +15,10 @@ EXPERIMENT_NAME = "spy-direction"
 CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
 
+# MLflow run artifacts and tags the pipeline writes and the promotion step reads back
+EVALUATION_ARTIFACT = "evaluation.json"  # on the training's parent run: the evidence, logged once
+PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag for nested runs
+
 # Files, relative to the repository root
 PIN_PATH = "promotion/model-version.yaml"
 POLICY_PATH = "promotion/policy.yaml"

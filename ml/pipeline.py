@@ -31,7 +31,7 @@ from mlflow.exceptions import MlflowException
 from contract import ui as ui_links
 from contract.errors import PrimerError
 from contract.evidence import Evaluation, Scores, evaluation_to_dict
-from contract.names import MODEL_NAME, Tag
+from contract.names import EVALUATION_ARTIFACT, MODEL_NAME, Tag
 from contract.pin import PinError, read_pin
 from contract.registry import public_uri
 from contract.settings import TrainSettings
@@ -52,7 +52,7 @@ from ml.evaluate import (
 )
 from ml.features import FEATURE_COLUMNS, LABEL, WARMUP_ROWS, build_features, tomorrow_row
 from ml.replay import clock_from_settings
-from ml.tracking import EVALUATION_ARTIFACT, Tracker, git_sha
+from ml.tracking import Tracker, git_sha
 from ml.train import Candidate, Grid, fit, load_grid
 from ml.validate import Rules, validate_prices
 

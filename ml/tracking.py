@@ -36,18 +36,24 @@ from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
 from contract.errors import PrimerError
-from contract.names import CHALLENGER_ALIAS, EXPERIMENT_NAME, MLFLOW_PORT, MODEL_NAME, PromotionStatus, Tag
+from contract.names import (
+    CHALLENGER_ALIAS,
+    EXPERIMENT_NAME,
+    MLFLOW_PORT,
+    MODEL_NAME,
+    PARENT_RUN_TAG,
+    PromotionStatus,
+    Tag,
+)
 from contract.registry import RegistryUnreachable, probe, public_uri
 from contract.settings import TRACKING_URI_VAR, env_restored
 from contract.ui import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 from ml.features import FEATURE_COLUMNS
 
 LATEST_FEATURES_ARTIFACT = "serving/latest_features.json"
-EVALUATION_ARTIFACT = "evaluation.json"  # on the parent run: the evidence handed to promotion, logged once
 DATA_ARTIFACT_DIR = "data"
 DATA_ARTIFACT_FILE = "prices.csv"
 MODEL_ARTIFACT_NAME = "model"
-PARENT_RUN_TAG = "mlflow.parentRunId"
 # Who started a run: a later run marks it FAILED once that process is gone (fail_abandoned).
 OWNER_HOST_TAG = "primer.host"
 OWNER_PID_TAG = "primer.pid"

@@ -49,7 +49,7 @@ SERVING_READY_TIMEOUT = 120.0
 RESUME_READY_TIMEOUT = 10.0
 # How long the summary waits for an answer from fresh market data (not the stored row).
 FRESH_ANSWER_TIMEOUT = 20.0
-STATE_VAR = "PRIMER_STATE_DIR"  # set for the service: how `up` and `down` recognise it
+STATE_VAR = LocalSettings.env_name("state_dir")  # set for the service: how `up` and `down` recognise it
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ from contract.errors import PrimerError
 from contract.evidence import METRICS, Evaluation, evaluation_from_dict, improvement
 from contract.names import (
     CHALLENGER_ALIAS,
+    EVALUATION_ARTIFACT,
+    PARENT_RUN_TAG,
     PIN_PATH,
     POLICY_PATH,
     PromotionStatus,
@@ -44,9 +46,6 @@ from promotion.policy import Policy, PolicyError, Verdict, decide, load_policy
 
 log = logging.getLogger(__name__)
 
-# Written once, by the pipeline, on its parent run (ml.tracking.EVALUATION_ARTIFACT).
-EVALUATION_ARTIFACT = "evaluation.json"
-PARENT_RUN_TAG = "mlflow.parentRunId"
 PROMOTION_BRANCH_RE = re.compile("^" + re.escape(promotion_branch(0)[:-1]) + r"(\d+)$")
 
 

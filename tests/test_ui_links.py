@@ -84,3 +84,12 @@ def test_every_link_in_a_pull_request_body_opens_the_ml_view() -> None:
     assert "secret" not in body
     assert f"http://127.0.0.1:5000/#/models/spy-direction/versions/3?{ui.ML_VIEW}" in links
     assert f"http://127.0.0.1:5000/#/experiments/1/runs/r4?{ui.ML_VIEW}" in links
+
+
+@pytest.mark.parametrize("path", _text_files(), ids=lambda p: str(p.relative_to(REPO)))
+def test_model_links_name_the_registered_model(path: Path) -> None:
+    """Scripts cannot import contract/names.py: their `#/models/<name>` links must still agree with it."""
+    from contract.names import MODEL_NAME
+
+    named = set(re.findall(r"#/models/([A-Za-z0-9_.-]+)", path.read_text()))
+    assert named <= {MODEL_NAME}, named
