@@ -434,8 +434,7 @@ def _report_champion(ctx: RunContext, parent_id: str, champion: Champion, echo: 
 
 
 def _open_run(config: PipelineConfig, prices: pd.DataFrame, anchor: date, dataset: Dataset, grid: Grid,
-              baselines: dict[str, Scores], echo: Echo) -> tuple[RunContext, str]:
-    tracker = _connect(config)
+              baselines: dict[str, Scores], echo: Echo, tracker: Tracker) -> tuple[RunContext, str]:
     experiment_id = tracker.experiment_id()
     ui = ui_base(tracker.uri)
     where = ui_links.experiment_url(ui, experiment_id) if ui else public_uri(tracker.uri)
@@ -468,9 +467,14 @@ def run_pipeline(config: PipelineConfig, echo: Echo = print) -> PipelineResult:
         dataset = build_dataset(prices, config, echo)
     grid = _load_grid(config)
     baselines = score_baselines(dataset.windows)
-    with _mlflow_failures(config, None), stages("mlflow-setup"):
-        ctx, parent_id = _open_run(config, prices, anchor, dataset, grid, baselines, echo)
-    with _mlflow_failures(config, ctx):
+    tracker = _connect(config)
+    with _mlflow_failures(config, tracker), stages("mlflow-setup"):
+        try:
+            ctx, parent_id = _open_run(config, prices, anchor, dataset, grid, baselines, echo, tracker)
+        except BaseException:
+            tracker.fail_open_runs()  # the parent run, if it was created
+            raise
+    with _mlflow_failures(config, tracker, ctx):
         try:
             with stages("train+score"):
                 results = fit_candidates(grid, dataset.windows, echo)
@@ -489,7 +493,7 @@ def run_pipeline(config: PipelineConfig, echo: Echo = print) -> PipelineResult:
 
 
 @contextmanager
-def _mlflow_failures(config: PipelineConfig, ctx: RunContext | None) -> Iterator[None]:
+def _mlflow_failures(config: PipelineConfig, tracker: Tracker, ctx: RunContext | None = None) -> Iterator[None]:
     """MLflow failing mid-run (killed, unreachable): one line that says so, after bounded retries
     (``quiet_mlflow``), never a traceback; the runs it left open are FAILED now or at the next run."""
     try:
@@ -498,8 +502,8 @@ def _mlflow_failures(config: PipelineConfig, ctx: RunContext | None) -> Iterator
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         registered = f"{MODEL_NAME} v{ctx.registered} is registered" if ctx and ctx.registered else \
             "nothing was registered"
-        runs = "" if ctx is None else ("; its runs are marked FAILED" if not ctx.tracker.open_runs else
-                                       "; the runs it left open are marked FAILED by the next `primer train`")
+        runs = "" if not tracker.runs_started else "; its runs are marked FAILED" if not tracker.open_runs else \
+            "; the runs it left open are marked FAILED by the next `primer train`"
         raise PipelineError(f"MLflow at {public_uri(config.settings.tracking_uri)} failed during training "
                             f"({first}); {registered}{runs}") from exc
 

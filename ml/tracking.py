@@ -34,6 +34,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+from mlflow.tracking.context.registry import resolve_tags
 
 from contract.errors import PrimerError
 from contract.names import (
@@ -79,6 +80,7 @@ class Tracker:
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         self.open_runs: list[str] = []  # started here and not ended yet
+        self.runs_started = 0
 
     @classmethod
     def connect(cls, uri: str, timeout: float = 10.0) -> Tracker:
@@ -104,9 +106,11 @@ class Tracker:
     # -- runs ------------------------------------------------------------------------
     def start_run(self, experiment_id: str, name: str, tags: Mapping[str, str], parent: str | None = None) -> str:
         owner = {OWNER_HOST_TAG: socket.gethostname(), OWNER_PID_TAG: str(os.getpid())}
-        all_tags = {**tags, **owner, **({PARENT_RUN_TAG: parent} if parent else {})}
+        # The context tags the fluent API adds (user, source): the UI's "User" and "Source" columns.
+        all_tags = resolve_tags({**tags, **owner, **({PARENT_RUN_TAG: parent} if parent else {})})
         run_id = str(self.client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id)
         self.open_runs.append(run_id)
+        self.runs_started += 1
         return run_id
 
     def end_run(self, run_id: str, ok: bool = True) -> None:
@@ -124,15 +128,20 @@ class Tracker:
         return True
 
     def fail_abandoned(self, experiment_id: str) -> list[str]:
-        """Mark FAILED the runs a crashed or cut-off `primer train` left RUNNING: started on this host
-        by a process that is gone, or anywhere more than ABANDONED_AFTER_SECONDS ago."""
+        """Mark FAILED the runs a crashed or cut-off `primer train` left RUNNING: on this host, those
+        whose process is gone; from another host (an earlier CronJob pod), those older than
+        ABANDONED_AFTER_SECONDS. Runs that `primer train` did not start are never touched."""
         found = self.client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=500)
         now_ms, failed = time.time() * 1000, []
         for run in found:
-            tags, pid = run.data.tags, run.data.tags.get(OWNER_PID_TAG, "")
-            here = tags.get(OWNER_HOST_TAG) == socket.gethostname()
-            gone = here and pid.isdigit() and not psutil.pid_exists(int(pid))
-            if gone or now_ms - run.info.start_time > ABANDONED_AFTER_SECONDS * 1000:
+            host, pid = run.data.tags.get(OWNER_HOST_TAG), run.data.tags.get(OWNER_PID_TAG, "")
+            if host is None:
+                continue
+            if host == socket.gethostname():
+                abandoned = pid.isdigit() and not psutil.pid_exists(int(pid))
+            else:
+                abandoned = now_ms - run.info.start_time > ABANDONED_AFTER_SECONDS * 1000
+            if abandoned:
                 self.client.set_tag(run.info.run_id, "primer.abandoned", "true")
                 self.client.set_terminated(run.info.run_id, "FAILED")
                 failed.append(run.info.run_id)
@@ -218,7 +227,7 @@ class Tracker:
     def register(self, model_uri: str, run_id: str, tags: Mapping[str, str], name: str = MODEL_NAME) -> int:
         """A new version of ``name`` with ``tags`` (created with it), and the ``challenger`` alias on it."""
         all_tags = {Tag.PROMOTION_STATUS.value: PromotionStatus.CANDIDATE.value, **tags}
-        with self._fluent(run_id), warnings.catch_warnings():
+        with _scoped_uri(self.uri), warnings.catch_warnings():  # registering needs no active run
             warnings.simplefilter("ignore", FutureWarning)
             mv = mlflow.register_model(model_uri, name, tags=all_tags)
         version = int(mv.version)

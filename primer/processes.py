@@ -99,8 +99,12 @@ def stop_process(proc: subprocess.Popen | int, timeout: float = 15) -> None:
     except psutil.NoSuchProcess:
         family = []
     for p in family:
-        with contextlib.suppress(psutil.NoSuchProcess):
+        try:
             p.terminate()
+        except psutil.NoSuchProcess:
+            continue
+        except psutil.AccessDenied as exc:
+            raise ServerError(f"not allowed to stop pid {p.pid} (started by another user?): {exc}") from exc
     _, alive = psutil.wait_procs(family, timeout=timeout)
     for p in alive:
         with contextlib.suppress(psutil.NoSuchProcess):

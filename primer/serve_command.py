@@ -59,11 +59,12 @@ def serve(host: str, port: int) -> None:
     settings = ServingSettings.load()  # a bad value stops here, not in the service's worker
     require_free_port(port, "--port", host=host)
     root = find_service_root(settings.repo_root())
-    # The pin resolved here, so a relative default does not depend on the service's cwd.
+    # The default pin resolved here, so it does not depend on the service's cwd; a PRIMER_PIN_FILE
+    # given is passed as it is (a ConfigMap mount is a symlink that must not be resolved).
     # Its own BentoML home per port: BentoML empties <home>/prometheus_multiproc_dir when it
     # starts, so a second service sharing ~/bentoml would wipe the first one's metrics.
-    env = child_env(PRIMER_PIN_FILE=str(settings.pin_path().resolve()), BENTOML_DO_NOT_TRACK="true",
-                    BENTOML_HOME=str(settings.service_home(port)))
+    pin = {} if settings.pin_file else {"PRIMER_PIN_FILE": str(settings.pin_path().resolve())}
+    env = child_env(BENTOML_DO_NOT_TRACK="true", BENTOML_HOME=str(settings.service_home(port)), **pin)
     cmd = serve_command(host, port)
     click.echo(f"serving {env['PRIMER_PIN_FILE']} from {public_uri(settings.tracking_uri)} "
                f"on http://{host}:{port}  ({' '.join(cmd[1:])})", err=True)

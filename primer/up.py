@@ -75,7 +75,8 @@ def plan(settings: LocalSettings, *, offline: bool = False, source: str | None =
     tracking_uri = f"http://127.0.0.1:{mlflow_port}"
     extra = {"MLFLOW_TRACKING_URI": tracking_uri, "PRIMER_REPO_DIR": str(repo), "PYTHONUNBUFFERED": "1",
              STATE_VAR: str(state_dir)}
-    env = {"PRIMER_FORGE": "none", **child_env(**extra)}
+    # The service starts before the first pin exists: it must follow the pin file, whatever the shell says.
+    env = {"PRIMER_FORGE": "none", **child_env(**extra, PRIMER_PIN_WATCH="true")}
     if offline or source:
         env["PRIMER_DATA_SOURCE"] = source or "synthetic"
     return Plan(settings, repo, state_dir, tracking_uri, mlflow_port, port, env)
@@ -308,10 +309,14 @@ def _first_answer(api: str) -> str:
 def _ui_links(tracking_uri: str) -> str:
     """The experiment's runs and the model's versions, in the UI's machine-learning view."""
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     ui = ui_base(tracking_uri) or tracking_uri
-    experiment = MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name(EXPERIMENT_NAME)
-    runs = ui_links.experiment_url(ui, experiment.experiment_id) if experiment else "(no experiment yet)"
+    try:
+        experiment = MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name(EXPERIMENT_NAME)
+    except MlflowException:  # the loop is up; a link is not worth a traceback
+        experiment = None
+    runs = ui_links.experiment_url(ui, experiment.experiment_id) if experiment else "(experiment not found)"
     return f"{runs}\n                 {ui_links.model_url(ui, MODEL_NAME)}"
 
 

@@ -73,3 +73,27 @@ def test_mlflow_killed_mid_run_ends_the_run_and_leaves_nothing_running(tmp_path:
             assert client.get_run(run.info.run_id).info.status == "FAILED"
     finally:
         stop_process(server)
+
+
+def test_only_runs_of_a_gone_primer_train_count_as_abandoned(tmp_path: Path) -> None:
+    """A user's own RUNNING run, and a primer run whose process still lives, are never marked FAILED."""
+    import socket
+
+    from ml.tracking import OWNER_HOST_TAG, OWNER_PID_TAG, Tracker
+    from tests.support import running_mlflow
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    with running_mlflow(tmp_path) as uri:
+        tracker = Tracker(uri)
+        experiment = tracker.experiment_id("abandoned-runs")
+        here = socket.gethostname()
+        client = MlflowClient(tracking_uri=uri)
+        users = client.create_run(experiment, run_name="a user's notebook").info.run_id
+        alive = client.create_run(experiment, tags={OWNER_HOST_TAG: here, OWNER_PID_TAG: str(os.getpid())}).info.run_id
+        dead = client.create_run(experiment, tags={OWNER_HOST_TAG: here, OWNER_PID_TAG: str(gone.pid)}).info.run_id
+        elsewhere = client.create_run(experiment, tags={OWNER_HOST_TAG: "another-pod", OWNER_PID_TAG: "1"}).info.run_id
+
+        assert tracker.fail_abandoned(experiment) == [dead]
+        status = {r: client.get_run(r).info.status for r in (users, alive, dead, elsewhere)}
+        assert status == {users: "RUNNING", alive: "RUNNING", dead: "FAILED", elsewhere: "RUNNING"}
