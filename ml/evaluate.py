@@ -26,7 +26,6 @@ from ml.features import LABEL, labeled
 from ml.train import predict_up
 
 MIN_EVAL_DAYS = 60
-DEFAULT_EVAL_DAYS = 60
 MIN_TRAIN_ROWS = 250  # about one trading year
 BASELINES = ("always_up", "train_majority", "yesterday_direction")
 

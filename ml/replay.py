@@ -19,8 +19,6 @@ import pandas as pd
 from contract.errors import SettingsError
 from contract.settings import ReplaySettings
 
-DEFAULT_INTERVAL_SECONDS = 300.0  # 5 minutes = one trading day
-
 
 class ReplayConfigError(SettingsError):
     """A replay setting is missing or inconsistent with the data; the message names the variable."""
@@ -30,7 +28,7 @@ class ReplayConfigError(SettingsError):
 class ReplayClock:
     start: date
     epoch: datetime
-    interval_seconds: float = DEFAULT_INTERVAL_SECONDS
+    interval_seconds: float  # default: PRIMER_REPLAY_INTERVAL_SECONDS in contract.settings
 
     def steps(self, now: datetime | None = None) -> int:
         """Whole intervals elapsed since the epoch (0 before it)."""
