@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Control plane: kubeadm init, Calico on the private network, local-path storage,
-# the lab image registry, BuildKit, and the first build of the project image.
+# the lab image registry, BuildKit, and the first build of the project image (in the
+# background: platform.sh waits for it).
 # Workloads (Gitea, Argo CD, the apps) come later, from platform.sh, once a
 # worker has joined. Idempotent: re-running skips what is already done.
 set -euo pipefail
@@ -128,7 +129,17 @@ systemctl enable buildkitd >/dev/null 2>&1
 systemctl restart buildkitd
 retry 30 1 /usr/local/bin/buildctl debug workers >/dev/null || die "buildkitd did not start (journalctl -u buildkitd)"
 
+# The image build is the longest step (base image and wheels over the network): started
+# here in the background, it runs while the worker boots and joins and Gitea and Argo CD
+# install; platform.sh waits for its tag only before handing the apps to Argo CD.
 # Through bash: the exec bit does not survive every checkout (zip downloads, some synced folders).
-bash "$BOOTSTRAP_DIR/build-image.sh"
+if systemctl is-active --quiet primer-image-build.service; then
+  log "the image build is already running (journalctl -u primer-image-build)"
+else
+  systemctl reset-failed primer-image-build.service >/dev/null 2>&1 || true
+  systemd-run --quiet --unit=primer-image-build --description="Build the primer image (build-image.sh)" \
+    bash "$BOOTSTRAP_DIR/build-image.sh"
+  log "building the project image in the background: journalctl -u primer-image-build -f"
+fi
 
 log "control plane ready; workers join with $CLUSTER_STATE_DIR/join-command"

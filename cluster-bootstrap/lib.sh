@@ -84,6 +84,66 @@ secret_value() {
 
 random_password() { openssl rand -hex 16; }
 
+# --- The code the lab runs: one commit, built once, tagged by its id ----------
+
+IMAGE_COMPONENT=apps/components/image/kustomization.yaml
+
+# seed_repo DEST: a new git repository at DEST holding the *committed* tree of this
+# checkout, never uncommitted changes. A full clone is cloned (same commit ids). A
+# shallow clone cannot be pushed to Gitea (it refuses shallow history), and a folder
+# without git has no commit: both become one commit of the files, with a fixed author
+# and date, so the same files always give the same commit id on every VM
+# (build-image.sh on the control plane and platform.sh on the worker agree on the tag).
+seed_repo() {
+  local dest=$1 from
+  local src=(git -c safe.directory="$REPO_DIR" -C "$REPO_DIR")
+  rm -rf "$dest"
+  mkdir -p "$dest"
+  if "${src[@]}" rev-parse --verify -q HEAD >/dev/null 2>&1; then
+    [ -z "$("${src[@]}" status --porcelain --untracked-files=no)" ] \
+      || warn "uncommitted changes in $REPO_DIR stay out of the lab: it runs the last commit"
+    if [ "$("${src[@]}" rev-parse --is-shallow-repository)" = false ]; then
+      git -c safe.directory='*' clone --quiet --no-hardlinks "$REPO_DIR" "$dest"
+      return 0
+    fi
+    "${src[@]}" archive HEAD | tar -x -C "$dest"
+    from="one commit with the tree of $("${src[@]}" rev-parse HEAD): the checkout is shallow"
+  else
+    # Without lab state and secrets (.vagrant holds the VMs' SSH keys) or local runs.
+    cp -a "$REPO_DIR/." "$dest"
+    rm -rf "$dest/.cluster" "$dest/.vagrant" "$dest/.venv" "$dest/.primer" \
+      "$dest/mlruns" "$dest/mlartifacts" "$dest/mlflow.db"
+    from="the files of a checkout without git"
+  fi
+  git -C "$dest" init --quiet -b main
+  git -C "$dest" add -A
+  GIT_AUTHOR_DATE=2000-01-01T00:00:00Z GIT_COMMITTER_DATE=2000-01-01T00:00:00Z \
+    git -C "$dest" -c user.name=primer-bootstrap -c user.email=bootstrap@primer.lab \
+    commit --quiet -m "Seed the lab ($from)"
+}
+
+# image_tag_of REPO [REV]: the image tag for the code of REV (default HEAD): its commit id, 12 digits.
+image_tag_of() { git -C "$1" rev-parse "${2:-HEAD}^{commit}" | cut -c1-12; }
+
+# set_image_tag REPO TAG: record TAG as the image every app runs (newTag in the image
+# Component), as its own commit. A revert of that commit (or of a merge holding it)
+# brings back the previous tag: code rolls back with the manifests and the pin.
+set_image_tag() {
+  local repo=$1 tag=$2
+  grep -q "^    newTag: \"$tag\"\$" "$repo/$IMAGE_COMPONENT" && return 0
+  sed -Ei "s/^    newTag: .*/    newTag: \"$tag\"/" "$repo/$IMAGE_COMPONENT"
+  grep -q "^    newTag: \"$tag\"\$" "$repo/$IMAGE_COMPONENT" || die "$IMAGE_COMPONENT has no newTag line to set"
+  git -C "$repo" -c user.name=primer-bootstrap -c user.email=bootstrap@primer.lab \
+    commit --quiet -m "Run image $tag (the code of commit $tag)" -- "$IMAGE_COMPONENT"
+}
+
+# image_in_registry TAG: the lab registry holds IMAGE_REPOSITORY:TAG.
+image_in_registry() {
+  curl -fsS --max-time 20 -o /dev/null \
+    -H 'Accept: application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json' \
+    "http://$CONTROL_PLANE_IP:$REGISTRY_PORT/v2/${IMAGE_REPOSITORY#*/}/manifests/$1"
+}
+
 # unpin_seed REPO: in a git work tree about to seed the lab's Gitea, set the pin
 # (promotion/model-version.yaml) to `version: null` and commit that, if it pins a
 # version. The cluster's MLflow starts empty, so a version pinned in the checkout

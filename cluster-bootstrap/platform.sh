@@ -60,25 +60,18 @@ if ! curl -fsS --max-time 20 -u "$gitea_user:$gitea_password" "$repo_api" >/dev/
     "$gitea_api/user/repos" >/dev/null || die "could not create repository $GITEA_OWNER/$GITEA_REPO in Gitea"
 fi
 
-# Seed only an empty repository: later commits (promotions, rollbacks) live in Gitea.
+# The code the lab runs: the checkout's last commit (build-image.sh builds the same
+# commit on the control plane, in the background since control-plane.sh).
+seed=$(mktemp -d)
+trap 'rm -rf "$seed"' EXIT
+seed_repo "$seed/repo"
+image_tag=$(image_tag_of "$seed/repo")
+
+# Seed only an empty repository: later commits (promotions, rollbacks, code) live in Gitea.
 if ! curl -fsS --max-time 20 -u "$gitea_user:$gitea_password" "$repo_api/branches/main" >/dev/null 2>&1; then
-  log "seeding Gitea with this checkout (HEAD of $REPO_DIR -> main)"
-  seed=$(mktemp -d)
-  trap 'rm -rf "$seed"' EXIT
-  if git -c safe.directory="$REPO_DIR" -C "$REPO_DIR" rev-parse --verify HEAD >/dev/null 2>&1; then
-    git -c safe.directory="$REPO_DIR" clone --quiet --no-hardlinks "$REPO_DIR" "$seed/repo"
-  else
-    # Not a git checkout (e.g. a downloaded archive): snapshot the files.
-    # Without lab state and secrets (.vagrant holds the VMs' SSH keys) or local runs.
-    cp -a "$REPO_DIR/." "$seed/repo"
-    rm -rf "$seed/repo/.cluster" "$seed/repo/.vagrant" "$seed/repo/.venv" "$seed/repo/.primer" \
-      "$seed/repo/mlruns" "$seed/repo/mlartifacts" "$seed/repo/mlflow.db"
-    git -C "$seed/repo" init --quiet -b main
-    git -C "$seed/repo" add -A
-    git -C "$seed/repo" -c user.name=primer-bootstrap -c user.email=bootstrap@primer.lab \
-      commit --quiet -m "Seed from the checkout"
-  fi
+  log "seeding Gitea with commit $image_tag of $REPO_DIR (nothing pinned, image $image_tag)"
   unpin_seed "$seed/repo"
+  set_image_tag "$seed/repo" "$image_tag"
   # Credentials in a one-command header, not in the URL (git echoes URLs in errors).
   basic=$(printf '%s:%s' "$gitea_user" "$gitea_password" | base64 -w0)
   timeout 600 git -C "$seed/repo" -c http.extraHeader="Authorization: Basic $basic" push --quiet \
@@ -86,8 +79,39 @@ if ! curl -fsS --max-time 20 -u "$gitea_user:$gitea_password" "$repo_api/branche
     || die "git push of the checkout to Gitea failed"
 fi
 
-new_token() {  # new_token NAME SCOPES -> prints the token
-  gitea_cli admin user generate-access-token --username "$gitea_user" \
+# The trainer's own account: not an admin, a collaborator with write access to this one
+# repository. Its token (below) can push branches and open pull requests, nothing else.
+bot_users=$(gitea_cli admin user list)
+if ! awk -v user="$GITEA_BOT_USER" 'NR > 1 && $2 == user {found = 1} END {exit !found}' <<<"$bot_users"; then
+  log "Gitea bot user $GITEA_BOT_USER (not an admin)"
+  gitea_cli admin user create --username "$GITEA_BOT_USER" --password "$(random_password)" \
+    --email "$GITEA_BOT_USER@primer.lab" --must-change-password=false >/dev/null
+fi
+curl -fsS --max-time 20 -u "$gitea_user:$gitea_password" -X PUT -H 'Content-Type: application/json' \
+  -d '{"permission":"write"}' "$repo_api/collaborators/$GITEA_BOT_USER" >/dev/null \
+  || die "could not make $GITEA_BOT_USER a collaborator of $GITEA_OWNER/$GITEA_REPO"
+
+# main is protected: only the admin pushes or merges. The bot reaches main through pull
+# requests, with one exception: it may push a change of the pin file alone, which the
+# gate does only while nothing is pinned (policy bootstrap: commit), so the first model
+# serves without waiting for a human. Every later pin is a pull request the admin merges.
+protection=$(cat <<JSON
+{"rule_name":"main","enable_push":true,"enable_push_whitelist":true,
+ "push_whitelist_usernames":["$gitea_user"],
+ "enable_merge_whitelist":true,"merge_whitelist_usernames":["$gitea_user"],
+ "unprotected_file_patterns":"$GITEA_BOT_DIRECT_PATHS"}
+JSON
+)
+if curl -fsS --max-time 20 -u "$gitea_user:$gitea_password" "$repo_api/branch_protections/main" >/dev/null 2>&1; then
+  method=PATCH; url="$repo_api/branch_protections/main"
+else
+  method=POST; url="$repo_api/branch_protections"
+fi
+curl -fsS --max-time 20 -u "$gitea_user:$gitea_password" -X "$method" -H 'Content-Type: application/json' \
+  -d "$protection" "$url" >/dev/null || die "could not protect branch main of $GITEA_OWNER/$GITEA_REPO"
+
+new_token() {  # new_token NAME SCOPES -> prints a token of the bot user
+  gitea_cli admin user generate-access-token --username "$GITEA_BOT_USER" \
     --token-name "$1-$(date +%s)" --scopes "$2" --raw | tr -d '[:space:]'
 }
 # token_works SECRET_NS SECRET_NAME KEY: the stored token still opens the repository.
@@ -102,29 +126,38 @@ token_works() {
 if ! token_works training primer-forge PRIMER_FORGE_TOKEN; then
   log "trainer access token -> Secret training/primer-forge"
   # Into a variable first: a failing $(...) inside an argument would not stop the script.
-  token=$(new_token trainer write:repository,write:issue,read:user)
+  # Repository: clone, push branches, open/close pull requests; issue: comment on them.
+  token=$(new_token trainer "$GITEA_BOT_TOKEN_SCOPES")
   [ -n "$token" ] || die "Gitea returned an empty token for the trainer"
   kubectl -n training create secret generic primer-forge --dry-run=client -o yaml \
     --from-literal=PRIMER_FORGE_TOKEN="$token" | kubectl apply -f - >/dev/null
 fi
 if ! token_works argocd repo-gitea password; then
   log "Argo CD repository Secret (read-only token)"
-  token=$(new_token argocd read:repository)
+  token=$(new_token argocd "$GITEA_ARGOCD_TOKEN_SCOPES")
   [ -n "$token" ] || die "Gitea returned an empty token for Argo CD"
   # Created with its label in one step: a Secret without it would be ignored by Argo CD.
   kubectl -n argocd create secret generic repo-gitea --dry-run=client -o yaml \
     --from-literal=type=git --from-literal=url="$GITEA_REPO_URL" \
-    --from-literal=username="$gitea_user" \
+    --from-literal=username="$GITEA_BOT_USER" \
     --from-literal=password="$token" \
     | kubectl label --local -f - argocd.argoproj.io/secret-type=repository -o yaml \
     | kubectl apply -f - >/dev/null
 fi
 
+
 log "Argo CD $ARGOCD_VERSION"
 # Through the download cache (bounded, retried; a re-provision applies the same file).
-argocd_manifest=/var/cache/primer-bootstrap/argocd-$ARGOCD_VERSION-install.yaml
+# Applied through a kustomization over the pinned install.yaml: requests and limits for
+# every Argo CD container (upstream sets none) and no replicas for the parts the lab does
+# not use (patches/argocd-resources.yaml; the memory budget is in docs/cluster.md).
+argocd_dir=/var/cache/primer-bootstrap/argocd-$ARGOCD_VERSION
+argocd_manifest=$argocd_dir/install.yaml
 download "$ARGOCD_INSTALL_URL" "$argocd_manifest"
-kubectl apply -n argocd --server-side --force-conflicts -f "$argocd_manifest" >/dev/null
+cp "$BOOTSTRAP_DIR/patches/argocd-resources.yaml" "$argocd_dir/argocd-resources.yaml"
+printf '%s\n' 'apiVersion: kustomize.config.k8s.io/v1beta1' 'kind: Kustomization' \
+  'resources: [install.yaml]' 'patches: [{path: argocd-resources.yaml}]' >"$argocd_dir/kustomization.yaml"
+kubectl apply -n argocd --server-side --force-conflicts -k "$argocd_dir" >/dev/null
 # Our keys only (own field manager): re-applying install.yaml leaves them alone.
 kubectl apply --server-side --force-conflicts --field-manager=primer-bootstrap \
   -f "$BOOTSTRAP_DIR/manifests/argocd-cm.yaml" -f "$BOOTSTRAP_DIR/manifests/argocd-cmd-params-cm.yaml" >/dev/null
@@ -140,11 +173,53 @@ kubectl -n argocd rollout status deployment/argocd-server --timeout=900s
 kubectl -n argocd rollout status deployment/argocd-repo-server --timeout=900s
 kubectl -n argocd rollout status statefulset/argocd-application-controller --timeout=900s
 
+log "Gitea webhook -> Argo CD (a push is synced at once, not at the next poll)"
+# Argo CD reads Gitea's push events with its Gogs parser (Gitea sends the Gogs headers
+# and signature); the shared secret lives only in argocd-secret.
+if [ -z "$(secret_value argocd argocd-secret 'webhook\.gogs\.secret' 2>/dev/null)" ]; then
+  webhook_secret=$(random_password)
+  kubectl -n argocd patch secret argocd-secret --type merge \
+    -p "{\"stringData\":{\"webhook.gogs.secret\":\"$webhook_secret\"}}" >/dev/null
+fi
+webhook_secret=$(secret_value argocd argocd-secret 'webhook\.gogs\.secret')
+[ -n "$webhook_secret" ] || die "argocd-secret has no webhook.gogs.secret"
+hooks=$(curl -fsS --max-time 20 -u "$gitea_user:$gitea_password" "$repo_api/hooks") \
+  || die "could not list the webhooks of $GITEA_OWNER/$GITEA_REPO"
+if ! jq -e --arg url "$ARGOCD_WEBHOOK_URL" 'any(.[]; .config.url == $url)' <<<"$hooks" >/dev/null; then
+  jq -n --arg url "$ARGOCD_WEBHOOK_URL" --arg secret "$webhook_secret" \
+    '{type: "gitea", active: true, events: ["push"], branch_filter: "main",
+      config: {url: $url, content_type: "json", secret: $secret}}' \
+    | curl -fsS --max-time 20 -u "$gitea_user:$gitea_password" -H 'Content-Type: application/json' \
+      -d @- "$repo_api/hooks" >/dev/null || die "could not create the Gitea webhook to $ARGOCD_WEBHOOK_URL"
+fi
+
+log "Argo CD projects (what each Application may deploy; the default project allows nothing)"
+render "$BOOTSTRAP_DIR/manifests/appprojects.yaml" \
+  | kubectl apply --server-side --force-conflicts --field-manager=primer-bootstrap -f - >/dev/null
+
+# The apps run image $image_tag: wait for the background build (control-plane.sh) before
+# Argo CD starts pods that would otherwise sit in ImagePullBackOff.
+log "waiting for image $IMAGE_REPOSITORY:$image_tag (building on the control plane)"
+retry 240 10 image_in_registry "$image_tag" \
+  || die "image $IMAGE_REPOSITORY:$image_tag is not in the registry after 40 min: on the control plane, journalctl -u primer-image-build"
+
 log "root Application (app of apps: apps/root)"
 render "$BOOTSTRAP_DIR/manifests/root-application.yaml" | kubectl apply --server-side --force-conflicts -f - >/dev/null
 
-# No extra first Job (kubectl create job --from=cronjob): the CronJob controller does not
-# count such a Job as active, so concurrencyPolicy: Forbid would not stop the next tick
-# from starting a second trainer beside it. The */5 schedule starts training within 5 minutes.
-log "training starts at the CronJob's next 5-minute tick once Argo CD has synced apps/training"
+# The first training run as soon as MLflow is healthy, not at the next 5-minute tick.
+# The CronJob controller counts only the Jobs in its status.active toward
+# concurrencyPolicy: Forbid, so this Job (made from its template, owned by it) is recorded
+# there too: the next tick waits for it instead of starting a second trainer beside it.
+log "first training run once MLflow is healthy"
+app_healthy() {
+  [ "$(kubectl -n argocd get application "$1" -o jsonpath='{.status.health.status}' 2>/dev/null)" = Healthy ]
+}
+retry 90 10 app_healthy mlflow || die "MLflow is not Healthy after 15 min: sudo /vagrant/cluster-bootstrap/verify.sh says why"
+retry 60 5 kubectl -n training get cronjob primer-train >/dev/null 2>&1 || die "Argo CD has not created the training CronJob"
+if [ -z "$(kubectl -n training get jobs -l app.kubernetes.io/name=primer-train -o name)" ]; then
+  kubectl -n training create job primer-train-first --from=cronjob/primer-train >/dev/null
+  uid=$(kubectl -n training get job primer-train-first -o jsonpath='{.metadata.uid}')
+  kubectl -n training patch cronjob primer-train --subresource=status --type=merge -p \
+    "{\"status\":{\"active\":[{\"apiVersion\":\"batch/v1\",\"kind\":\"Job\",\"namespace\":\"training\",\"name\":\"primer-train-first\",\"uid\":\"$uid\"}]}}" >/dev/null
+fi
 log "platform bootstrapped; Argo CD now reconciles apps/ from Gitea"

@@ -39,7 +39,7 @@ def test_every_application_is_complete(apps, bootstrap, lab) -> None:
         assert app["metadata"]["namespace"] == "argocd", name
         assert "resources-finalizer.argocd.argoproj.io" in app["metadata"].get("finalizers", []), name
         spec = app["spec"]
-        assert spec["project"] == "default", name
+        assert spec["project"] == ("primer-root" if name == "root" else "primer"), name
         src = spec["source"]
         assert src["repoURL"] == lab["GITEA_REPO_URL"], f"{name}: repoURL must be the in-cluster Gitea repo"
         assert src["targetRevision"] == "main", name
@@ -142,12 +142,14 @@ def test_bootstrap_applies_argocd_pinned_and_server_side(lab) -> None:
     script = (REPO / "cluster-bootstrap" / "platform.sh").read_text()
     # The pinned install.yaml, fetched through lib.sh's bounded download cache, applied server-side.
     assert 'download "$ARGOCD_INSTALL_URL" "$argocd_manifest"' in script
-    assert 'kubectl apply -n argocd --server-side --force-conflicts -f "$argocd_manifest"' in script
+    assert 'argocd_manifest=$argocd_dir/install.yaml' in script
+    # ...through a kustomization that adds our resource patches (tests/cluster/test_lab_budget.py).
+    assert 'kubectl apply -n argocd --server-side --force-conflicts -k "$argocd_dir"' in script
     assert lab["ARGOCD_VERSION"].startswith("3.5.")
     assert lab["ARGOCD_INSTALL_URL"] == (
         f"https://raw.githubusercontent.com/argoproj/argo-cd/v{lab['ARGOCD_VERSION']}/manifests/install.yaml")
     for manifest in ("argocd-cm.yaml", "argocd-cmd-params-cm.yaml", "argocd-server-service.yaml",
-                     "root-application.yaml"):
+                     "root-application.yaml", "appprojects.yaml", "patches/argocd-resources.yaml"):
         assert manifest in script, f"platform.sh does not apply {manifest}"
 
 
