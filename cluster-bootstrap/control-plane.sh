@@ -86,6 +86,8 @@ download "$LOCAL_PATH_MANIFEST_URL" "$local_path_manifest"
 kubectl apply --server-side --force-conflicts -f "$local_path_manifest" >/dev/null
 kubectl patch storageclass local-path --type merge \
   -p '{"metadata":{"annotations":{"storageclass.kubernetes.io/is-default-class":"true"}}}' >/dev/null
+# ...and primer-retain (same provisioner, reclaimPolicy Retain) for MLflow's data.
+kubectl apply --server-side --force-conflicts -f "$BOOTSTRAP_DIR/manifests/storage.yaml" >/dev/null
 
 log "image registry on $CONTROL_PLANE_IP:$REGISTRY_PORT"
 install -d -o 1000 -g 1000 /var/lib/primer-registry

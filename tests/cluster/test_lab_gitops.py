@@ -233,3 +233,42 @@ def test_gitea_notifies_argocd_of_every_push(bootstrap, lab) -> None:
     assert env["GITEA__webhook__ALLOWED_HOST_LIST"] == "private"
     svc = next(o for o in bootstrap["cluster-bootstrap/manifests/argocd-server-service.yaml"] if o["kind"] == "Service")
     assert 80 in {p["port"] for p in svc["spec"]["ports"]}
+
+
+# --- Deleting things keeps the data -------------------------------------------------------------
+
+def test_namespaces_and_volumes_survive_a_deleted_application(apps, bootstrap) -> None:
+    # Prune=false does not stop cascade deletion (deleting `root` deletes every app's
+    # resources); Delete=false does. Volumes are Retain: a claim deleted by hand keeps its data.
+    guarded = []
+    for app, objects in apps.items():
+        for obj in objects:
+            if obj["kind"] in {"Namespace", "PersistentVolumeClaim"}:
+                options = obj["metadata"].get("annotations", {}).get("argocd.argoproj.io/sync-options", "")
+                assert {"Prune=false", "Delete=false"} <= {o.strip() for o in options.split(",")}, \
+                    f"{app} {obj['kind']}/{obj['metadata']['name']}"
+                guarded.append(obj["metadata"]["name"])
+            claims = [obj["spec"]] if obj["kind"] == "PersistentVolumeClaim" else [
+                t["spec"] for t in obj.get("spec", {}).get("volumeClaimTemplates", [])]
+            for claim in claims:
+                assert claim.get("storageClassName") == "primer-retain", f"{app} {obj['metadata']['name']}"
+            if obj["kind"] == "StatefulSet":
+                assert obj["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain",
+                                                                              "whenScaled": "Retain"}
+    assert sorted(guarded) == ["mlflow", "mlflow-artifacts", "serving", "training"]
+    (storage_class,) = bootstrap["cluster-bootstrap/manifests/storage.yaml"]
+    assert storage_class["metadata"]["name"] == "primer-retain" and storage_class["reclaimPolicy"] == "Retain"
+    assert storage_class["provisioner"] == "rancher.io/local-path"
+    assert "manifests/storage.yaml" in (BOOTSTRAP / "control-plane.sh").read_text()
+    gitea = bootstrap["cluster-bootstrap/manifests/gitea.yaml"]
+    gitea_claim = next(o for o in gitea if o["kind"] == "PersistentVolumeClaim")
+    assert gitea_claim["spec"]["storageClassName"] == "primer-retain"  # the lab's git history
+
+
+def test_the_postgres_statefulset_is_governed_by_a_headless_service(apps) -> None:
+    objects = apps["apps/mlflow"]
+    sts = next(o for o in objects if o["kind"] == "StatefulSet")
+    services = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Service"}
+    governing = services[sts["spec"]["serviceName"]]
+    assert governing["spec"]["clusterIP"] == "None"
+    assert governing["spec"]["selector"] == sts["spec"]["selector"]["matchLabels"]
