@@ -137,3 +137,40 @@ def sync_champion(c: MlflowClient, pinned: int | None, name: str = MODEL_NAME) -
     else:
         msg = f"alias {CHAMPION_ALIAS} v{previous} -> v{pinned}, tagged promoted"
     return SyncResult(pinned, previous, changed, msg)
+
+
+# Statuses of versions that were proposed or pinned at some point: never pruned.
+_EVER_PROPOSED = {PromotionStatus.PROPOSED.value, PromotionStatus.PROMOTED.value,
+                  PromotionStatus.SUPERSEDED.value, PromotionStatus.ROLLED_BACK.value}
+
+
+def all_versions(c: MlflowClient, name: str = MODEL_NAME) -> list[ModelVersion]:
+    """Every version of ``name``, page by page (a long-running lab registers thousands)."""
+    found: list[ModelVersion] = []
+    token = None
+    while True:
+        page = c.search_model_versions(f"name = '{name}'", max_results=1000, page_token=token)
+        found.extend(page)
+        token = page.token
+        if not token:
+            return found
+
+
+def prunable_versions(c: MlflowClient, keep: set[int], keep_recent: int, name: str = MODEL_NAME) -> list[int]:
+    """Versions of ``name`` safe to delete, oldest first: not in ``keep`` (e.g. every version the
+    pin ever held), not among the ``keep_recent`` newest, without an alias, and never proposed or
+    promoted (an open pull request names a proposed version)."""
+    versions = all_versions(c, name)
+    if not versions:
+        return []
+    newest = set(sorted(int(mv.version) for mv in versions)[-keep_recent:]) if keep_recent > 0 else set()
+    # Searches do not fill in aliases; the registered model lists them all.
+    aliased = {int(v) for v in c.get_registered_model(name).aliases.values()}
+    return sorted(int(mv.version) for mv in versions
+                  if int(mv.version) not in keep | newest | aliased
+                  and mv.tags.get(Tag.PROMOTION_STATUS.value) not in _EVER_PROPOSED)
+
+
+def delete_versions(c: MlflowClient, versions: list[int], name: str = MODEL_NAME) -> None:
+    for version in versions:
+        c.delete_model_version(name, str(version))

@@ -1,6 +1,6 @@
 """Human operations: a git commit promotes or rolls back.
 
-``primer pin check | promote | rollback | registry sync | status``. Registered
+``primer pin check | promote | rollback | registry sync | registry prune | status``. Registered
 in ``primer/cli.py``; this module imports nothing from ``ml``.
 
 Exit codes: 0 ok; 1 the operation was refused or failed (the message says why);
@@ -248,6 +248,43 @@ def registry_sync() -> None:
     except LookupError as exc:
         _fail(str(exc))
     click.echo(result.message)
+
+
+def _ever_pinned(settings: PromotionSettings) -> set[int]:
+    """Every version the pin held in git: the branch at PRIMER_GIT_REMOTE, else this repository."""
+    if settings.git_remote:
+        history = gitops.remote_pin_history(settings.git_remote, settings.git_branch or "main", settings.token())
+    else:
+        history = gitops.pin_history(settings.repo_root())
+    return {c.version for c in history if c.version is not None}
+
+
+@registry_group.command("prune")
+@click.option("--keep-recent", type=click.IntRange(min=0), default=48, show_default=True,
+              help="Keep this many of the newest versions whatever their status.")
+@click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
+def registry_prune(keep_recent: int, dry_run: bool) -> None:
+    """Delete model versions that were never pinned, proposed or aliased, except the newest.
+    Every version the pin ever held (its git history) is kept, so any rollback target stays.
+    The lab runs this hourly (CronJob primer-registry-prune)."""
+    settings = PromotionSettings.load()
+    try:
+        keep = _ever_pinned(settings)
+    except GitError as exc:  # without the pin's history nothing is safe to delete
+        _fail(f"cannot read the pin's history, nothing deleted: {exc}")
+    uri = settings.tracking_uri
+    try:
+        registry.probe(uri)
+        c = registry.client(uri)
+        doomed = registry.prunable_versions(c, keep, keep_recent)
+        if not dry_run:
+            registry.delete_versions(c, doomed)
+    except registry.RegistryUnreachable as exc:
+        _fail(str(exc), EXIT_UNREACHABLE)
+    listed = ", ".join(f"v{v}" for v in doomed) or "none"
+    kept = ", ".join(f"v{v}" for v in sorted(keep)) or "none"
+    click.echo(f"{'would delete' if dry_run else 'deleted'} {len(doomed)} version(s): {listed}; "
+               f"ever pinned (kept): {kept}; newest {keep_recent} kept")
 
 
 # ---------------------------------------------------------------- status

@@ -210,6 +210,12 @@ def _clone(remote: str, branch: str, token: str | None) -> Iterator[Path]:
         yield work
 
 
+def remote_pin_history(remote: str, branch: str, token: str | None, pin_path: str = PIN_PATH) -> list[PinCommit]:
+    """:func:`pin_history` of ``branch`` at ``remote`` (a fresh clone, removed afterwards)."""
+    with _clone(remote, branch, token) as work:
+        return pin_history(work, pin_path)
+
+
 @dataclass(frozen=True)
 class PushResult:
     branch: str

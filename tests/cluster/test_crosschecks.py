@@ -386,7 +386,7 @@ def test_commands_in_manifests_exist_in_the_cli(apps) -> None:
         assert tool is not None, f"{c.source}: runs {argv[0]!r}, expected primer or mlflow"
         _resolve(tool, argv[1:], c.source)
         seen.add(" ".join(a for a in argv[:3] if not a.startswith("-")))
-    assert seen == {"primer train", "primer serve", "primer registry sync", "mlflow server"}
+    assert seen == {"primer train", "primer serve", "primer registry sync", "primer registry prune", "mlflow server"}
 
 
 def test_mlflow_reads_the_backend_uri_from_the_env_var_the_manifest_sets(apps) -> None:
