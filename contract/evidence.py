@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import date
 from typing import Any
 
+from contract.significance import GateSpec, PairedTest, paired_test
+
 
 @dataclass(frozen=True)
 class Scores:
@@ -39,6 +41,29 @@ def improvement(a: float, b: float, metric: str) -> float:
 
 
 @dataclass(frozen=True)
+class Comparison:
+    """The walk-forward evidence: per-day log losses of each recipe on the same out-of-sample rows.
+
+    Every fold refits each recipe on the rows before it; the rows are the same for all three.
+    ``champion_loss`` is None when nothing is pinned (or the champion could not be scored);
+    ``champion_refitted`` says whether the champion's recipe was refitted per fold (else its
+    registered model was scored as it is, which may have seen some of these rows: optimistic).
+    """
+
+    folds: int
+    fold_months: int
+    challenger_recipe: str  # JSON: name, family, params
+    challenger_loss: list[float]
+    climatology_loss: list[float]
+    champion_recipe: str | None = None
+    champion_loss: list[float] | None = None
+    champion_refitted: bool = True
+    disagreements: int | None = None  # rows where challenger and champion call a different direction
+    climatology: Scores | None = None
+    selection_days: int = 0  # rows before these, where the challenger was chosen among the grid
+
+
+@dataclass(frozen=True)
 class Evaluation:
     """Challenger vs champion vs naive baselines on one forward window."""
 
@@ -57,6 +82,7 @@ class Evaluation:
     baselines: dict[str, Scores] = field(default_factory=dict)
     champion_version: int | None = None
     champion: Scores | None = None
+    comparison: Comparison | None = None  # None in evaluation.json files older than the walk-forward gate
 
     def best_baseline(self, metric: str) -> tuple[str, float] | None:
         """The naive baseline that scores best on ``metric``."""
@@ -83,4 +109,29 @@ def evaluation_from_dict(d: dict[str, Any]) -> Evaluation:
     d["challenger"] = Scores(**d["challenger"])
     d["champion"] = Scores(**d["champion"]) if d.get("champion") else None
     d["baselines"] = {k: Scores(**s) for k, s in (d.get("baselines") or {}).items()}
+    if d.get("comparison"):
+        c = dict(d["comparison"])
+        c["climatology"] = Scores(**c["climatology"]) if c.get("climatology") else None
+        d["comparison"] = Comparison(**c)
     return Evaluation(**d)
+
+
+def paired_tests(e: Evaluation, spec: GateSpec) -> dict[str, PairedTest]:
+    """The paired tests on the comparison rows, under ``spec``'s test and level.
+
+    ``challenger_vs_champion``, ``challenger_vs_climatology`` and ``champion_vs_climatology``
+    (each: the first one's improvement over the second); empty for an evaluation from before
+    the walk-forward gate, and without the champion's entries when it was not scored.
+    """
+    c = e.comparison
+    if c is None:
+        return {}
+
+    def run(a: list[float], b: list[float]) -> PairedTest:
+        return paired_test(a, b, level=spec.level, test=spec.test)
+
+    out = {"challenger_vs_climatology": run(c.challenger_loss, c.climatology_loss)}
+    if c.champion_loss is not None:
+        out["challenger_vs_champion"] = run(c.challenger_loss, c.champion_loss)
+        out["champion_vs_climatology"] = run(c.champion_loss, c.climatology_loss)
+    return out

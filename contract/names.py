@@ -43,6 +43,8 @@ class Tag(StrEnum):
     EVAL_END = "eval_end"
     DATA_SOURCE = "data_source"
     GIT_SHA = "git_sha"
+    # The recipe (family + params, JSON) the version was fitted with, so the gate can refit it per fold.
+    RECIPE = "recipe"
 
 
 class PromotionStatus(StrEnum):

@@ -130,6 +130,19 @@ class RepoSettings(_Settings):
         return self.pin_file if self.pin_file is not None else self.repo_root() / PIN_PATH
 
 
+class StateSettings(RepoSettings):
+    """The local state folder (``primer up``'s servers; the training's fold cache)."""
+
+    state_dir: Path | None = Field(
+        None,
+        description="Where `primer up` keeps MLflow's database, artifacts, logs and state, and `primer train` its "
+                    "walk-forward fold cache (`fold-cache/`). Default: `<repo>/.primer`.",
+    )
+
+    def state_path(self) -> Path:
+        return self.state_dir if self.state_dir is not None else self.repo_root() / ".primer"
+
+
 class DataSettings(_Settings):
     """Where market data comes from (training and serving)."""
 
@@ -209,7 +222,7 @@ class PromotionSettings(RepoSettings):
         return in_repo if in_repo.exists() else Path(__file__).resolve().parent.parent / POLICY_PATH
 
 
-class TrainSettings(PromotionSettings, DataSettings, ReplaySettings):
+class TrainSettings(PromotionSettings, StateSettings, DataSettings, ReplaySettings):
     """``primer train``: the pipeline, then the promotion step."""
 
     entry_point: ClassVar[str] = "primer train (the training CronJob)"
@@ -218,11 +231,18 @@ class TrainSettings(PromotionSettings, DataSettings, ReplaySettings):
         "candidates_file": "--candidates",
     }
 
-    eval_days: int = Field(60, description="Evaluation window in trading days (>= 60).")
-    train_years: float = Field(10.0, description="Training window cap in years (> 0).")
+    eval_days: int = Field(
+        1000, description="Walk-forward comparison: at least this many out-of-sample trading days (>= 60).",
+    )
+    train_years: float = Field(10.0, description="Training window cap in years (> 0), per fold and for the final fit.")
     candidates_file: Path | None = Field(
         None, description="Candidate grid YAML. Default: the packaged `ml/candidates.yaml`.",
     )
+
+    def fold_cache_path(self) -> Path:
+        """Forecasts of completed walk-forward folds, reused by the next run (in the cluster:
+        ``PRIMER_STATE_DIR`` on a volume the CronJob mounts, else each pod starts cold)."""
+        return self.state_path() / "fold-cache"
 
     @field_validator("train_years")
     @classmethod
@@ -262,18 +282,10 @@ class ServingSettings(RepoSettings, DataSettings):
         return _finite(value)
 
 
-class LocalSettings(RepoSettings, DataSettings):
+class LocalSettings(StateSettings, DataSettings):
     """``primer up`` / ``primer down``."""
 
     entry_point: ClassVar[str] = "primer up / primer down"
-
-    state_dir: Path | None = Field(
-        None,
-        description="Where `primer up` keeps MLflow's database, artifacts, logs and state. Default: `<repo>/.primer`.",
-    )
-
-    def state_path(self) -> Path:
-        return self.state_dir if self.state_dir is not None else self.repo_root() / ".primer"
 
 
 ENTRY_POINTS: tuple[type[_Settings], ...] = (TrainSettings, PromotionSettings, ServingSettings, LocalSettings)

@@ -11,6 +11,9 @@ date. Sources are selected by a spec string (``PRIMER_DATA_SOURCE`` or
   in any letter case (extra columns are ignored).
 - ``synthetic`` / ``synthetic:SEED``: a seeded generator of realistic daily
   bars for tests and offline runs (``seed`` when the spec names none: ``PRIMER_SYNTHETIC_SEED``).
+- ``synthetic:SEED:SIGNAL``: bars whose next-day direction carries a planted signal of
+  known strength (0 = none: a seeded random walk whose labels are independent of every
+  feature), to measure how often the gate promotes without and with a real advantage.
 
 Loaders do not judge the data: a CSV with a missing column or a NaN close is
 returned as it is, and ``ml.validate`` names what is wrong with it.
@@ -19,6 +22,7 @@ returned as it is, and ``ml.validate`` names what is wrong with it.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +44,8 @@ DEFAULT_SEED = 42
 # The synthetic market starts here whatever window is requested, so a given
 # seed always yields the same bar for the same date (prefix-stable).
 SYNTHETIC_FIRST_DAY = date(1993, 1, 29)  # SPY's first trading day
+# Planted signals stronger than this are not a market any more (P(up) beyond 0.05..0.95).
+MAX_SIGNAL = 3.0
 YAHOO_TIMEOUT_SECONDS = 20
 YAHOO_ATTEMPTS = 4
 # NYSE closes at 16:00 New York time; Yahoo's daily bar settles a little later.
@@ -54,9 +60,11 @@ class DataSourceError(PrimerError):
 class SourceSpec:
     kind: str  # "yfinance" | "csv" | "synthetic"
     arg: str | None = None  # CSV path or synthetic seed
+    signal: float | None = None  # synthetic only: a planted signal of this strength
 
     def __str__(self) -> str:
-        return self.kind if self.arg is None else f"{self.kind}:{self.arg}"
+        text = self.kind if self.arg is None else f"{self.kind}:{self.arg}"
+        return text if self.signal is None else f"{text}:{self.signal:g}"
 
 
 def parse_spec(spec: str) -> SourceSpec:
@@ -71,16 +79,29 @@ def parse_spec(spec: str) -> SourceSpec:
             raise DataSourceError("data source 'csv:' needs a path, e.g. csv:data/spy.csv")
         return SourceSpec("csv", arg)
     if kind == "synthetic":
-        if sep:
-            try:
-                int(arg)
-            except ValueError:
-                raise DataSourceError(f"data source {spec!r}: seed must be an integer, e.g. synthetic:7") from None
-            return SourceSpec("synthetic", arg)
-        return SourceSpec("synthetic")
+        return _synthetic_spec(spec, arg) if sep else SourceSpec("synthetic")
     raise DataSourceError(
-        f"unknown data source {spec!r}; expected 'yfinance', 'csv:PATH' or 'synthetic' (or 'synthetic:SEED')"
+        f"unknown data source {spec!r}; expected 'yfinance', 'csv:PATH' or 'synthetic' "
+        "(or 'synthetic:SEED', 'synthetic:SEED:SIGNAL')"
     )
+
+
+def _synthetic_spec(spec: str, arg: str) -> SourceSpec:
+    seed, sep, signal = arg.partition(":")
+    try:
+        int(seed)
+    except ValueError:
+        raise DataSourceError(f"data source {spec!r}: seed must be an integer, e.g. synthetic:7") from None
+    if not sep:
+        return SourceSpec("synthetic", seed)
+    try:
+        strength = float(signal)
+    except ValueError:
+        strength = float("nan")
+    if not (math.isfinite(strength) and 0 <= strength <= MAX_SIGNAL):
+        raise DataSourceError(f"data source {spec!r}: signal must be a number from 0 to {MAX_SIGNAL:g}, "
+                              "e.g. synthetic:7:0.3 (0 = no signal)")
+    return SourceSpec("synthetic", seed, strength)
 
 
 def load_prices(
@@ -93,7 +114,10 @@ def load_prices(
     parsed = parse_spec(spec)
     if parsed.kind == "synthetic":
         seed = int(parsed.arg) if parsed.arg is not None else seed
-        frame = synthetic_prices(seed=seed, end=end or date.today())
+        if parsed.signal is not None:
+            frame = planted_signal_prices(seed=seed, signal=parsed.signal, end=end or date.today())
+        else:
+            frame = synthetic_prices(seed=seed, end=end or date.today())
     elif parsed.kind == "csv":
         frame = csv_prices(Path(parsed.arg or ""))
     else:
@@ -328,3 +352,41 @@ def synthetic_prices(*, seed: int = DEFAULT_SEED, end: date | None = None) -> pd
             "volume": volume.astype("int64"),
         }
     )
+
+
+def planted_signal_prices(*, seed: int, signal: float, end: date | None = None) -> pd.DataFrame:
+    """Seeded bars whose next-day direction depends on today's move with a known strength.
+
+    Volatility follows the same GARCH-like process as :func:`synthetic_prices`; the size of
+    each move is drawn from it, its sign separately: UP with probability
+    ``sigmoid(signal * z)``, where ``z`` is yesterday's move in units of its volatility
+    (momentum). ``signal`` 0 is a random walk with no drift: every label is a fair coin,
+    independent of every feature. Prefix-stable like :func:`synthetic_prices`.
+    """
+    end = end or date.today()
+    days = trading_days(SYNTHETIC_FIRST_DAY, end)
+    n = len(days)
+    rng = np.random.default_rng([seed, 1])  # its own stream: never the realistic generator's
+    total = max(n, 16384)
+    size, coin = np.abs(rng.standard_t(df=6, size=total) / np.sqrt(6 / 4)), rng.random(total)
+    wicks, vol_noise = np.abs(rng.standard_normal((2, total))), rng.standard_normal(total)
+    long_var, alpha, beta = 0.011**2, 0.08, 0.90
+    omega = long_var * (1 - alpha - beta)
+    ret, sigma = np.empty(n), np.empty(n)
+    var, prev, z = long_var, 0.0, 0.0
+    for i in range(n):
+        var = omega + alpha * prev**2 + beta * var
+        s = min(np.sqrt(var), 0.05)
+        up = coin[i] < 1 / (1 + np.exp(-signal * z))
+        r = min(s * max(size[i], 1e-4), 0.12) * (1 if up else -1)
+        ret[i], sigma[i], prev, z = r, s, r, float(np.clip(r / s, -3, 3))
+    close = 45.0 * np.exp(np.cumsum(np.log1p(ret)))
+    open_ = np.concatenate([[45.0], close[:-1]])  # no overnight gap: the day's move is the label's move
+    top, bottom = np.maximum(open_, close), np.minimum(open_, close)
+    return pd.DataFrame({
+        "date": days.astype("datetime64[ns]"),
+        "open": open_.round(6), "close": close.round(6),
+        "high": (top * (1 + 0.4 * sigma * wicks[0, :n])).round(6),
+        "low": (bottom * (1 - 0.4 * sigma * wicks[1, :n])).round(6),
+        "volume": np.round(8e7 * (sigma / 0.011) * np.exp(0.25 * vol_noise[:n])).astype("int64"),
+    })

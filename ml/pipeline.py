@@ -1,7 +1,9 @@
 """The training pipeline, one run, as stage functions that return values:
 
-    prepare_data -> build_dataset -> fit_candidates -> select_best -> track_run
-    -> rescore_champion -> Tracker.register -> build_evaluation -> the Proposer handed in
+    prepare_data -> build_dataset -> find_champion -> walkforward.gather (select a recipe on
+    the selection folds, compare it with the champion's recipe and climatology on the
+    comparison folds) -> refit to the anchor -> track_run -> Tracker.register
+    -> build_evaluation -> the Proposer handed in
 
 ``run_pipeline(config)`` strings them together and returns a :class:`PipelineResult`;
 ``primer train`` (``primer.train_command``) prints its progress and hands in the
@@ -19,7 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,25 +37,16 @@ from contract.names import EVALUATION_ARTIFACT, MODEL_NAME, Tag
 from contract.pin import PinError, read_pin
 from contract.registry import public_uri
 from contract.settings import TrainSettings
+from contract.significance import GateSpec
 from contract.ui import ui_base
 from ml import data as data_mod
-from ml import plots
-from ml.evaluate import (
-    MIN_EVAL_DAYS,
-    MIN_TRAIN_ROWS,
-    Windows,
-    better,
-    metrics_dict,
-    score_baselines,
-    score_champion,
-    score_model,
-    split_validation,
-    split_windows,
-)
-from ml.features import FEATURE_COLUMNS, LABEL, WARMUP_ROWS, build_features, tomorrow_row
+from ml import evidence_log, plots, walkforward
+from ml.evaluate import MIN_EVAL_DAYS, MIN_TRAIN_ROWS, Windows, metrics_dict, score
+from ml.features import FEATURE_COLUMNS, WARMUP_ROWS, build_features, labeled, tomorrow_row
+from ml.folds import FoldError, FoldRunner, recipe_from_json, recipe_to_json
 from ml.replay import clock_from_settings
 from ml.tracking import Tracker, git_sha
-from ml.train import Candidate, Grid, fit, load_grid
+from ml.train import Candidate, Grid, load_grid
 from ml.validate import Rules, validate_prices
 
 log = logging.getLogger(__name__)
@@ -86,6 +79,9 @@ class PipelineConfig:
     anchor: date | None = None  # None: live mode -> today, replay mode -> the replay clock
     proposer: Proposer | None = None  # None: stop after registering (--no-promote)
     now: datetime | None = None  # the replay clock's "now" (tests)
+    gate: GateSpec = GateSpec()  # the policy's test (primer train passes the policy file's)
+    # Walk-forward days before the comparison folds, where the challenger is chosen (the grid's).
+    selection_days: int = Grid.validation_days
 
     @property
     def source(self) -> str:
@@ -97,8 +93,10 @@ class PipelineConfig:
 
     @property
     def rows_needed(self) -> int:
-        """Warm-up + training + evaluation rows: the row budget of a run, in one place."""
-        return self.train_rows + self.settings.eval_days + WARMUP_ROWS
+        """Warm-up + training + selection + comparison rows, a fold of slack on each of the two
+        regions (they are whole calendar blocks): the row budget of a run, in one place."""
+        slack = 2 * 12 * 23
+        return self.train_rows + self.selection_days + self.settings.eval_days + slack + WARMUP_ROWS
 
     @property
     def calendar_span(self) -> timedelta:
@@ -108,21 +106,27 @@ class PipelineConfig:
 
 @dataclass(frozen=True)
 class Dataset:
-    windows: Windows
+    regions: walkforward.Regions
     next_row: pd.DataFrame  # the feature row that predicts the day after the anchor
     as_of: date
+    train_rows: int
+
+    @property
+    def windows(self) -> Windows:
+        """The comparison rows as the evaluation window, the final fit's rows as training."""
+        return Windows(train=self.regions.rows.iloc[-self.train_rows:], eval=self.regions.compare_rows)
 
 
 @dataclass
 class CandidateResult:
     name: str
     family: str
-    scores: Scores  # on the evaluation window (fitted on the whole training window)
-    val_scores: Scores  # on the validation window (fitted on the training window before it)
+    scores: Scores  # walk-forward over the selection folds (the challenger: over the comparison folds)
+    val_scores: Scores  # walk-forward over the selection folds: what the choice was made on
     seconds: float
     params: dict[str, Any] = field(default_factory=dict)
-    model: Any = None
-    p_up: pd.Series | None = None  # on the evaluation window
+    model: Any = None  # the selected recipe only: refitted on every labelled row up to the anchor
+    p_up: pd.Series | None = None  # the selected recipe only: on the comparison rows
     run_id: str = ""  # set once tracked
 
 
@@ -130,6 +134,8 @@ class CandidateResult:
 class Champion:
     version: int | None  # what the pin names (None: nothing pinned)
     scores: Scores | None  # None when nothing is pinned or it could not be loaded/scored
+    recipe: Candidate | None = None  # what it was fitted with, when its version records it
+    model: Any = None  # the registered model, when there is no recipe to refit
 
 
 @dataclass
@@ -218,7 +224,7 @@ def prepare_data(config: PipelineConfig, echo: Echo = print) -> tuple[pd.DataFra
     _check_windows(config)
     prices, end = _load_window(config, echo)
     echo(f"[data] source {config.source}: {len(prices)} rows loaded up to {end}")
-    rules = Rules(min_rows=MIN_TRAIN_ROWS + config.settings.eval_days + WARMUP_ROWS)
+    rules = Rules(min_rows=MIN_TRAIN_ROWS + config.selection_days + config.settings.eval_days + WARMUP_ROWS)
     # Freshness only means something live; with an explicit anchor the bars must reach the anchor.
     live = config.settings.mode == "live"
     prices = validate_prices(prices, rules=rules, live=live, today=end if config.anchor is not None else None)
@@ -228,56 +234,60 @@ def prepare_data(config: PipelineConfig, echo: Echo = print) -> tuple[pd.DataFra
     return prices, anchor
 
 
-# ---------------------------------------------------------------- features + train
+# ---------------------------------------------------------------- features + folds
 
 
-def build_dataset(prices: pd.DataFrame, config: PipelineConfig, echo: Echo = print) -> Dataset:
+def build_dataset(prices: pd.DataFrame, config: PipelineConfig, grid: Grid, echo: Echo = print) -> Dataset:
+    rows = labeled(build_features(prices))  # the anchor's own row has no label yet: never trained or scored
     try:
-        windows = split_windows(build_features(prices), config.settings.eval_days, config.train_rows)
-    except ValueError as exc:
+        regions = walkforward.plan_regions(rows, eval_days=config.settings.eval_days, grid=grid,
+                                           train_rows=config.train_rows)
+        next_row, as_of = tomorrow_row(prices)
+    except (FoldError, ValueError) as exc:
         raise PipelineError(str(exc)) from exc
-    next_row, as_of = tomorrow_row(prices)
-    echo(f"[features] {len(FEATURE_COLUMNS)} features; train {len(windows.train)} rows "
-         f"{windows.train_start}..{windows.train_end}; eval {len(windows.eval)} rows "
-         f"{windows.eval_start}..{windows.eval_end}; next-day row as of {as_of}")
-    return Dataset(windows, next_row, as_of)
+    sel, cmp_ = regions.select, regions.compare
+    echo(f"[features] {len(FEATURE_COLUMNS)} features, {len(rows)} labelled rows; selection folds "
+         f"{len(sel)} ({rows.index[sel[0].test_start].date()}..{rows.index[sel[-1].test_end - 1].date()}); "
+         f"comparison folds {len(cmp_)}: {len(regions.compare_rows)} rows "
+         f"{regions.compare_rows.index[0].date()}..{regions.compare_rows.index[-1].date()}; "
+         f"refit every {grid.fold_months} month(s) on <= {config.train_rows} rows; next-day row as of {as_of}")
+    return Dataset(regions, next_row, as_of, config.train_rows)
 
 
-def fit_candidate(cand: Candidate, windows: Windows, fit_part: pd.DataFrame, val_part: pd.DataFrame) -> CandidateResult:
-    """Score on the validation window (fit before it), then refit on the whole training window."""
+def gather_evidence(config: PipelineConfig, grid: Grid, dataset: Dataset, champion: Champion,
+                    echo: Echo) -> tuple[walkforward.Evidence, list[CandidateResult]]:
+    """Select, compare, refit the challenger up to the anchor; the candidates as the run logs them."""
+    runner = FoldRunner(config.settings.fold_cache_path())
     t0 = time.perf_counter()
     try:
-        val_scores, _ = score_model(fit(cand, fit_part), val_part)
-        model = fit(cand, windows.train)
-    except ValueError as exc:  # e.g. a window holding one class: the data, not a bug
-        raise PipelineError(f"cannot train candidate {cand.name}: {exc}; nothing was registered") from exc
-    scores, p_up = score_model(model, windows.eval)
-    return CandidateResult(cand.name, cand.family, scores, val_scores, time.perf_counter() - t0,
-                           dict(cand.params), model, p_up)
-
-
-def fit_candidates(grid: Grid, windows: Windows, echo: Echo = print) -> list[CandidateResult]:
-    fit_part, val_part = split_validation(windows.train, grid.validation_days)
-    echo(f"[train] selection: fit on {len(fit_part)} rows, validate on {len(val_part)} rows "
-         f"{val_part.index[0].date()}..{val_part.index[-1].date()}; then refit on all {len(windows.train)} "
-         f"training rows and score on the evaluation window")
+        evidence = walkforward.gather(runner, grid, dataset.regions, champion_recipe=champion.recipe,
+                                      champion_model=champion.model, bootstrap=champion.version is None,
+                                      spec=config.gate)
+        model = walkforward.refit_to_anchor(evidence.challenger.recipe, dataset.regions.rows, config.train_rows)
+    except ValueError as exc:  # e.g. a fold holding one class: the data, not a bug
+        raise PipelineError(f"{exc}; nothing was registered") from exc
+    seconds = time.perf_counter() - t0
+    echo(f"[train] {runner.fits} fold fit(s), the rest from the cache ({runner.memory.location}); {seconds:.1f}s")
+    for name, scores in evidence.selection.items():
+        echo(f"[candidate] {name:<20} selection folds: {fmt_scores(scores)}")
+    if evidence.fallback:
+        echo(f"[select] {evidence.fallback}")
+    chosen = evidence.challenger.recipe
+    y = dataset.regions.y
     results = []
-    for cand in grid.candidates:
-        result = fit_candidate(cand, windows, fit_part, val_part)
-        v = result.val_scores.get(grid.select_by)
-        echo(f"[candidate] {cand.name:<20} eval: {fmt_scores(result.scores)} | validation {grid.select_by} "
-             f"{'n/a' if v is None else f'{v:.4f}'}  ({result.seconds:.1f}s)")
-        results.append(result)
-    return results
+    for cand in [*grid.candidates, *([] if chosen in grid.candidates else [chosen])]:
+        sel = evidence.selection.get(cand.name) or score(y, evidence.climatology.p_up)
+        mine = cand == chosen
+        results.append(CandidateResult(
+            cand.name, cand.family, score(y, evidence.challenger.p_up) if mine else sel, sel,
+            seconds if mine else 0.0, dict(cand.params), model if mine else None,
+            evidence.challenger.p_up if mine else None))
+    return evidence, results
 
 
-def select_best(results: list[CandidateResult], select_by: str) -> CandidateResult:
-    """Chosen on the validation window, so the evaluation scores stay out-of-sample."""
-    best = results[0]
-    for r in results[1:]:
-        if better(r.val_scores, best.val_scores, select_by):
-            best = r
-    return best
+def select_best(results: list[CandidateResult]) -> CandidateResult:
+    """The one the walk-forward chose (it carries the model refitted up to the anchor)."""
+    return next(r for r in results if r.model is not None)
 
 
 # ---------------------------------------------------------------- MLflow
@@ -301,6 +311,8 @@ def _parent_params(config: PipelineConfig, anchor: date, windows: Windows, grid:
         "train_start": windows.train_start.isoformat(), "train_end": windows.train_end.isoformat(),
         "eval_start": windows.eval_start.isoformat(), "eval_end": windows.eval_end.isoformat(),
         "candidates_file": grid.source, "select_by": grid.select_by, "validation_days": grid.validation_days,
+        "fold_months": grid.fold_months, "gate_test": config.gate.test, "gate_level": config.gate.level,
+        "gate_min_effect": config.gate.min_effect,
     }
 
 
@@ -323,8 +335,10 @@ def _log_selected(ctx: RunContext, best: CandidateResult, dataset: Dataset) -> s
     tracker.log_latest_features(best.run_id, dataset.next_row, dataset.as_of)
     assert best.p_up is not None
     with tempfile.TemporaryDirectory() as tmp:
-        paths = plots.save_plots(windows.eval[LABEL], best.p_up, Path(tmp), title=best.name)
+        y = dataset.regions.y
+        paths = plots.save_plots(y, best.p_up, Path(tmp), title=f"{best.name}, walk-forward")
         tracker.log_files(best.run_id, paths, "plots")
+    tracker.log(best.run_id, metrics=evidence_log.calibration_metrics(dataset.regions.y, best.p_up))
     tracker.log(best.run_id, tags={"selected": "true"})
     return model_uri
 
@@ -340,12 +354,14 @@ def track_run(ctx: RunContext, parent_id: str, results: list[CandidateResult], b
     return model_uri
 
 
-def rescore_champion(tracker: Tracker, pin_file: Path, windows: Windows, echo: Echo) -> Champion:
-    """The pinned version re-scored on this run's window (evaluate.score_champion).
+def find_champion(tracker: Tracker, pin_file: Path, grid: Grid, echo: Echo) -> Champion:
+    """The pinned version and the recipe it was fitted with (its ``recipe`` tag, else its run's
+    candidate in this grid), so the comparison refits it per fold like the challenger.
 
-    A missing or unreadable pin counts as nothing pinned; a champion that cannot be loaded
-    or scored gives ``Champion(version, None)`` ("pinned but unavailable"), which the gate
-    tells apart from "nothing pinned yet".
+    A version with neither is scored as registered (it may have seen some comparison rows:
+    optimistic, so the bar only rises). A missing or unreadable pin counts as nothing pinned;
+    a champion that cannot be loaded gives ``Champion(version, None)`` ("pinned but
+    unavailable"), which the gate tells apart from "nothing pinned yet".
     """
     try:
         version = read_pin(pin_file).version
@@ -355,26 +371,31 @@ def rescore_champion(tracker: Tracker, pin_file: Path, windows: Windows, echo: E
     if version is None:
         return Champion(None, None)
     try:
+        tags = tracker.version_tags(version)
+        if Tag.RECIPE.value in tags:
+            return Champion(version, None, recipe=recipe_from_json(tags[Tag.RECIPE.value]))
         model = tracker.load_version(version)
-        trained_before = tracker.version_tags(version).get(Tag.EVAL_START.value, "")
-        scores, warning = score_champion(model, trained_before, windows)
     except Exception as exc:  # noqa: BLE001 - any failure means "cannot compare"; say why
-        echo(f"WARNING: champion {MODEL_NAME} v{version} could not be loaded/scored: {type(exc).__name__}: {exc}")
+        echo(f"WARNING: champion {MODEL_NAME} v{version} could not be loaded: {type(exc).__name__}: {exc}")
         return Champion(version, None)
-    if warning:
-        echo(f"WARNING: champion {MODEL_NAME} v{version} {warning}")
-    return Champion(version, scores)
+    echo(f"WARNING: champion {MODEL_NAME} v{version} records no recipe; it is scored as registered, "
+         "not refitted per fold (optimistic if it was trained on comparison rows)")
+    return Champion(version, None, model=model)
 
 
 def build_evaluation(ctx: RunContext, config: PipelineConfig, *, parent_id: str, version: int,
-                     best: CandidateResult, windows: Windows, baselines: dict[str, Scores],
+                     best: CandidateResult, evidence: walkforward.Evidence, grid: Grid,
                      champion: Champion) -> Evaluation:
+    windows = Windows(train=evidence.regions.rows, eval=evidence.regions.compare_rows)
+    y = evidence.regions.y
+    champion_scores = score(y, evidence.champion_p) if evidence.champion_p is not None else None
     return Evaluation(
         model_name=MODEL_NAME, challenger_version=version, challenger_run_id=best.run_id,
         challenger_candidate=best.name, parent_run_id=parent_id, experiment_id=ctx.experiment_id,
         tracking_uri=ctx.tracker.uri, eval_start=windows.eval_start, eval_end=windows.eval_end,
-        eval_days=len(windows.eval), challenger=best.scores, data_source=config.source, baselines=baselines,
-        champion_version=champion.version, champion=champion.scores,
+        eval_days=len(windows.eval), challenger=best.scores, data_source=config.source,
+        baselines=walkforward.baselines(evidence), champion_version=champion.version, champion=champion_scores,
+        comparison=walkforward.comparison(evidence, grid),
     )
 
 
@@ -395,63 +416,77 @@ def _load_grid(config: PipelineConfig) -> Grid:
         raise PipelineError(str(exc)) from exc
 
 
-def _finish(ctx: RunContext, config: PipelineConfig, parent_id: str, select_by: str, results: list[CandidateResult],
-            dataset: Dataset, baselines: dict[str, Scores], stages: _Stages, echo: Echo) -> Evaluation:
-    """Everything after training, inside the parent run: track, champion, register, evidence."""
-    tracker, windows = ctx.tracker, dataset.windows
-    best = select_best(results, select_by)
-    echo(f"[select] best by validation {select_by}: {best.name}")
+def _finish(ctx: RunContext, config: PipelineConfig, parent_id: str, grid: Grid, dataset: Dataset,
+            champion: Champion, stages: _Stages, echo: Echo) -> tuple[Evaluation, list[CandidateResult]]:
+    """Everything after the data, inside the parent run: evidence, track, register, evaluation.json."""
+    tracker = ctx.tracker
+    with stages("train+score"):
+        evidence, results = gather_evidence(config, grid, dataset, champion, echo)
+    best = select_best(results)
+    echo(f"[select] challenger: {best.name} (best {grid.select_by} on the selection folds"
+         f"{'; climatology at bootstrap' if evidence.fallback else ''})")
     with stages("log-model"):
         model_uri = track_run(ctx, parent_id, results, best, dataset)
-    with stages("champion"):
-        champion = rescore_champion(tracker, config.settings.pin_path(), windows, echo)
-    _report_champion(ctx, parent_id, champion, echo)
     with stages("register"):
         version = tracker.register(model_uri, best.run_id, {
-            Tag.EVAL_START.value: windows.eval_start.isoformat(), Tag.EVAL_END.value: windows.eval_end.isoformat(),
+            Tag.EVAL_START.value: dataset.windows.eval_start.isoformat(),
+            Tag.EVAL_END.value: dataset.windows.eval_end.isoformat(),
             Tag.DATA_SOURCE.value: config.source, Tag.GIT_SHA.value: ctx.tags[Tag.GIT_SHA.value],
+            Tag.RECIPE.value: recipe_to_json(evidence.challenger.recipe),
         })
         ctx.registered = version
     evaluation = build_evaluation(ctx, config, parent_id=parent_id, version=version, best=best,
-                                  windows=windows, baselines=baselines, champion=champion)
+                                  evidence=evidence, grid=grid, champion=champion)
+    _report_evidence(ctx, parent_id, config, evaluation, evidence, echo)
     tracker.log(parent_id, metrics=metrics_dict(best.scores, prefix="challenger_"),
                 tags={"challenger_version": str(version), "challenger_candidate": best.name})
     tracker.log_dict(parent_id, evaluation_to_dict(evaluation), EVALUATION_ARTIFACT)
-    echo(f"[register] {MODEL_NAME} v{version} (candidate {best.name}, run {best.run_id}), alias challenger")
+    echo(f"[register] {MODEL_NAME} v{version} (candidate {best.name}, refitted on {config.train_rows} rows up to "
+         f"{dataset.regions.rows.index[-1].date()}, run {best.run_id}), alias challenger")
     if (ui := ui_base(tracker.uri)) is not None:
         echo(f"[mlflow] the selected run: {ui_links.run_url(ui, ctx.experiment_id, best.run_id)}")
         echo(f"[mlflow] the model's versions: {ui_links.model_url(ui, MODEL_NAME)}")
-    return evaluation
+    return evaluation, results
 
 
-def _report_champion(ctx: RunContext, parent_id: str, champion: Champion, echo: Echo) -> None:
-    if champion.version is None:
+def _report_evidence(ctx: RunContext, parent_id: str, config: PipelineConfig, evaluation: Evaluation,
+                     evidence: walkforward.Evidence, echo: Echo) -> None:
+    """Baselines, champion and the paired tests: printed, and logged on the parent run."""
+    metrics: dict[str, float] = {}
+    for name, s in evaluation.baselines.items():
+        metrics.update(metrics_dict(s, prefix=f"baseline_{name}_"))
+        echo(f"[baseline] {name:<20} {fmt_scores(s)}")
+    tags: dict[str, str] = {}
+    if evaluation.champion_version is None:
         echo("[champion] none pinned yet")
-        return
-    echo(f"[champion] v{champion.version} on the same window: {fmt_scores(champion.scores)}")
-    metrics = metrics_dict(champion.scores, prefix="champion_") if champion.scores is not None else {}
-    ctx.tracker.log(parent_id, metrics=metrics, tags={"champion_version": str(champion.version)})
+    else:
+        echo(f"[champion] v{evaluation.champion_version} on the same rows: {fmt_scores(evaluation.champion)}")
+        tags["champion_version"] = str(evaluation.champion_version)
+        if evaluation.champion is not None:
+            metrics.update(metrics_dict(evaluation.champion, prefix="champion_"))
+    for line in evidence_log.summary_lines(evaluation, config.gate):
+        echo(f"[evidence] {line}")
+    metrics.update(evidence_log.evidence_metrics(evaluation, config.gate))
+    ctx.tracker.log(parent_id, metrics=metrics, tags=tags)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = evidence_log.save_evidence_plots(evaluation, evidence, Path(tmp))
+        ctx.tracker.log_files(parent_id, paths, "evidence")
 
 
 def _open_run(config: PipelineConfig, prices: pd.DataFrame, anchor: date, dataset: Dataset, grid: Grid,
-              baselines: dict[str, Scores], echo: Echo, tracker: Tracker) -> tuple[RunContext, str]:
+              echo: Echo, tracker: Tracker) -> tuple[RunContext, str]:
     experiment_id = tracker.experiment_id()
     ui = ui_base(tracker.uri)
     where = ui_links.experiment_url(ui, experiment_id) if ui else public_uri(tracker.uri)
     echo(f"[mlflow] experiment {experiment_id}: {where}")
     tags = {"anchor": anchor.isoformat(), Tag.DATA_SOURCE.value: config.source,
             Tag.GIT_SHA.value: git_sha(config.settings.repo_root())}
-    baseline_metrics: dict[str, float] = {}
-    for name, s in baselines.items():
-        baseline_metrics.update(metrics_dict(s, prefix=f"baseline_{name}_"))
-    ctx = RunContext(tracker, experiment_id, tags, baseline_metrics)
+    ctx = RunContext(tracker, experiment_id, tags, {})
     if abandoned := tracker.fail_abandoned(experiment_id):
         echo(f"[mlflow] marked {len(abandoned)} run(s) FAILED that an earlier, cut-off run left RUNNING")
     parent_id = tracker.start_run(experiment_id, f"train-{anchor}", {**tags, "mode": config.settings.mode})
-    tracker.log(parent_id, params=_parent_params(config, anchor, dataset.windows, grid), metrics=baseline_metrics)
+    tracker.log(parent_id, params=_parent_params(config, anchor, dataset.windows, grid))
     tracker.log_data_window(parent_id, prices, config.source, anchor)
-    for name, s in baselines.items():
-        echo(f"[baseline] {name:<20} {fmt_scores(s)}")
     return ctx, parent_id
 
 
@@ -461,24 +496,24 @@ def run_pipeline(config: PipelineConfig, echo: Echo = print) -> PipelineResult:
     t_start = time.perf_counter()
     if config.proposer is not None:
         _check_proposer(config.proposer)
+    grid = _load_grid(config)
+    config = replace(config, selection_days=grid.validation_days)
     with stages("data+validate"):
         prices, anchor = prepare_data(config, echo)
     with stages("features"):
-        dataset = build_dataset(prices, config, echo)
-    grid = _load_grid(config)
-    baselines = score_baselines(dataset.windows)
+        dataset = build_dataset(prices, config, grid, echo)
     tracker = _connect(config)
     with _mlflow_failures(config, tracker), stages("mlflow-setup"):
         try:
-            ctx, parent_id = _open_run(config, prices, anchor, dataset, grid, baselines, echo, tracker)
+            ctx, parent_id = _open_run(config, prices, anchor, dataset, grid, echo, tracker)
         except BaseException:
             tracker.fail_open_runs()  # the parent run, if it was created
             raise
     with _mlflow_failures(config, tracker, ctx):
         try:
-            with stages("train+score"):
-                results = fit_candidates(grid, dataset.windows, echo)
-            evaluation = _finish(ctx, config, parent_id, grid.select_by, results, dataset, baselines, stages, echo)
+            with stages("champion"):
+                champion = find_champion(tracker, config.settings.pin_path(), grid, echo)
+            evaluation, results = _finish(ctx, config, parent_id, grid, dataset, champion, stages, echo)
             ctx.tracker.end_run(parent_id)
         except BaseException:
             ctx.tracker.fail_open_runs()

@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from sklearn.base import ClassifierMixin
+from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -34,17 +35,18 @@ class CandidateConfigError(SettingsError):
 @dataclass(frozen=True)
 class Candidate:
     name: str
-    family: str  # random_forest | logistic_regression | gradient_boosting
+    family: str  # climatology | random_forest | logistic_regression | gradient_boosting
     params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Grid:
     candidates: tuple[Candidate, ...]
-    select_by: str = "balanced_accuracy"
-    # Trading days at the end of the training window held out to choose the best candidate.
+    select_by: str = "log_loss"
+    # Walk-forward days just before the comparison folds, where the challenger is chosen.
     validation_days: int = 250
     source: str = "ml/candidates.yaml"
+    fold_months: int = 3  # each fold refits on the rows before a block of this many calendar months
 
 
 def _build_random_forest(params: dict[str, Any]) -> ClassifierMixin:
@@ -60,7 +62,13 @@ def _build_gradient_boosting(params: dict[str, Any]) -> ClassifierMixin:
     return GradientBoostingClassifier(random_state=RANDOM_STATE, **params)
 
 
+def _build_climatology(params: dict[str, Any]) -> ClassifierMixin:
+    # The training window's up-rate as P(up) every day: the honest "no skill" forecaster.
+    return DummyClassifier(strategy="prior", **params)
+
+
 FAMILIES = {
+    "climatology": _build_climatology,
     "random_forest": _build_random_forest,
     "logistic_regression": _build_logistic_regression,
     "gradient_boosting": _build_gradient_boosting,
@@ -92,8 +100,9 @@ class _GridFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     candidates: list[_CandidateSpec]
-    select_by: str = "balanced_accuracy"
+    select_by: str = "log_loss"
     validation_days: int = 250
+    fold_months: int = 3
 
     @field_validator("candidates", mode="before")
     @classmethod
@@ -119,6 +128,13 @@ class _GridFile(BaseModel):
             raise ValueError(f"validation_days must be an integer >= 20, got {value!r}")
         return value
 
+    @field_validator("fold_months", mode="before")
+    @classmethod
+    def _whole_months(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 12:
+            raise ValueError(f"fold_months must be an integer from 1 to 12, got {value!r}")
+        return value
+
     @model_validator(mode="after")
     def _unique_names(self) -> _GridFile:
         names = [c.name for c in self.candidates]
@@ -142,7 +158,8 @@ def load_grid(path: str | Path | None = None) -> Grid:
     spec = parse_model(_GridFile, text, source, CandidateConfigError,
                        missing={"candidates": "expected a mapping with a non-empty 'candidates' list"})
     candidates = tuple(Candidate(c.name, c.family, dict(c.params or {})) for c in spec.candidates)
-    return Grid(candidates=candidates, select_by=spec.select_by, validation_days=spec.validation_days, source=source)
+    return Grid(candidates=candidates, select_by=spec.select_by, validation_days=spec.validation_days, source=source,
+                fold_months=spec.fold_months)
 
 
 def build_estimator(candidate: Candidate) -> ClassifierMixin:

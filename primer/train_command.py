@@ -13,6 +13,19 @@ import click
 
 from contract.errors import PrimerError
 from contract.names import DEFAULT_TRACKING_URI
+from contract.settings import TrainSettings
+from contract.significance import GateSpec
+
+
+def _gate(settings: TrainSettings) -> GateSpec:
+    """The policy file's test, level and minimum effect (the defaults when it cannot be read:
+    the promotion step, if asked for, stops on that file before anything is trained)."""
+    from promotion.policy import PolicyError, load_policy
+
+    try:
+        return load_policy(settings.policy_path()).gate
+    except PolicyError:
+        return GateSpec()
 
 
 def _echo(line: str) -> None:
@@ -33,7 +46,7 @@ def _echo(line: str) -> None:
     help="Last visible trading date. Default: today (live) or the replay clock (PRIMER_MODE=replay).",
 )
 @click.option("--eval-days", type=int, metavar="DAYS",
-              help="Evaluation window in trading days, >= 60. [env PRIMER_EVAL_DAYS; default 60]")
+              help="Walk-forward comparison: out-of-sample trading days, >= 60. [env PRIMER_EVAL_DAYS; default 1000]")
 @click.option("--train-years", type=float, metavar="YEARS",
               help="Training window cap in years. [env PRIMER_TRAIN_YEARS; default 10]")
 @click.option(
@@ -52,7 +65,7 @@ def train_command(
     candidates_file: Path | None,
     no_promote: bool,
 ) -> None:
-    from contract.settings import TrainSettings, quiet_mlflow
+    from contract.settings import quiet_mlflow
     from ml.pipeline import PipelineConfig, run_pipeline
     from ml.validate import ValidationError
     from promotion.propose import GitProposer
@@ -61,7 +74,8 @@ def train_command(
     settings = TrainSettings.load(data_source=source, eval_days=eval_days, train_years=train_years,
                                   candidates_file=candidates_file)
     proposer = None if no_promote else GitProposer(settings)
-    config = PipelineConfig(settings, anchor=anchor.date() if anchor else None, proposer=proposer)
+    config = PipelineConfig(settings, anchor=anchor.date() if anchor else None, proposer=proposer,
+                            gate=_gate(settings))
     try:
         result = run_pipeline(config, echo=_echo)
     except ValidationError as exc:

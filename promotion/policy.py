@@ -1,12 +1,18 @@
 """The promotion gate: ``policy.yaml`` and :func:`decide`.
 
-The one invariant this module guarantees: a challenger that scores worse than
-(or equal to) the champion on the same window never passes, whatever the
-policy file says (``min_improvement`` cannot be negative).
+An evaluation with walk-forward evidence (``Evaluation.comparison``) is decided by a paired
+test on per-day log loss (``contract.significance``): the challenger passes only if the
+one-sided bound at the policy's ``level`` says its loss is lower than the champion's and
+the estimated improvement meets ``min_effect``. Older evaluations (one window, no per-day
+losses) are decided by the score rule below them (``metric``, ``min_improvement``).
+
+The one invariant this module guarantees: a challenger that scores worse than (or equal
+to) the champion on the same rows never passes, whatever the policy file says.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +21,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from contract.errors import SettingsError
-from contract.evidence import METRICS, Evaluation, improvement
+from contract.evidence import METRICS, Evaluation, improvement, paired_tests
+from contract.significance import DEFAULT_LEVEL, DEFAULT_MIN_EFFECT, TESTS, GateSpec, PairedTest
 from contract.yaml_files import parse_model
 
 BOOTSTRAP_MODES = ("commit", "propose")
@@ -38,6 +45,34 @@ class Policy(BaseModel):
     must_beat_baseline: bool = True
     bootstrap_must_beat_baseline: bool = False
     bootstrap: Literal["commit", "propose"] = "commit"
+    test: str = TESTS[0]
+    level: float = DEFAULT_LEVEL
+    min_effect: float = DEFAULT_MIN_EFFECT
+
+    @property
+    def gate(self) -> GateSpec:
+        return GateSpec(test=self.test, level=self.level, min_effect=self.min_effect)
+
+    @field_validator("test", mode="before")
+    @classmethod
+    def _known_test(cls, value: Any) -> Any:
+        if value not in TESTS:
+            raise ValueError(f"test {value!r} is not one of {', '.join(TESTS)}")
+        return value
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _level_range(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 0.5:
+            raise ValueError(f"level must be a number between 0 and 0.5, got {value!r}")
+        return value
+
+    @field_validator("min_effect", mode="before")
+    @classmethod
+    def _effect_non_negative(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"min_effect must be a number >= 0, got {value!r}")
+        return value
 
     @field_validator("metric", mode="before")
     @classmethod
@@ -98,6 +133,7 @@ class Verdict:
     challenger_score: float | None = None
     champion_score: float | None = None
     baseline: tuple[str, float] | None = None
+    tests: dict[str, PairedTest] = field(default_factory=dict)  # the paired tests decided on (walk-forward)
 
     @property
     def improvement(self) -> float | None:
@@ -109,6 +145,68 @@ class Verdict:
 
 def decide(evaluation: Evaluation, policy: Policy) -> Verdict:
     """Apply the gate. Every reason carries the numbers it was decided on."""
+    if evaluation.comparison is not None:
+        return decide_on_evidence(evaluation, policy)
+    return decide_on_scores(evaluation, policy)
+
+
+def _describe(t: PairedTest, what: str) -> str:
+    return (f"{what}: log loss lower by {t.improvement:+.4f} nats/day over {t.rows} rows "
+            f"(one-sided {1 - t.level:.0%} bound {t.bound:+.4f}, 95% CI {t.ci_low:+.4f}..{t.ci_high:+.4f}, "
+            f"p = {t.p_value:.3f})")
+
+
+def _verdict_on_test(t: PairedTest, what: str, policy: Policy) -> tuple[bool, str]:
+    text = _describe(t, what)
+    if t.passes(policy.min_effect):
+        return True, f"{text}: bound > 0 and improvement >= min_effect {policy.min_effect}"
+    why = "the bound does not exclude no improvement" if t.bound <= 0 else \
+        f"improvement below min_effect {policy.min_effect}"
+    return False, f"{text}: {why}"
+
+
+def decide_on_evidence(evaluation: Evaluation, policy: Policy) -> Verdict:
+    """The walk-forward gate: a paired test on per-day log loss (see the module docstring)."""
+    c = evaluation.comparison
+    assert c is not None
+    m, bootstrap, reasons = "log_loss", evaluation.champion_version is None, []
+    ok = evaluation.eval_days >= policy.min_eval_days
+    reasons.append(f"{evaluation.eval_days} out-of-sample rows in {c.folds} walk-forward folds "
+                   f"{'>=' if ok else '<'} min_eval_days {policy.min_eval_days}")
+    tests = paired_tests(evaluation, policy.gate)
+    challenger = evaluation.challenger.get(m)
+    champion = evaluation.champion.get(m) if evaluation.champion is not None else None
+    baseline = ("climatology", c.climatology.log_loss) if c.climatology is not None else None
+    is_climatology = json.loads(c.challenger_recipe).get("family") == "climatology"
+    vs_clim = tests["challenger_vs_climatology"]
+    if is_climatology:
+        reasons.append("the challenger is climatology itself (the training window's up-rate): honest by definition")
+    elif bootstrap or policy.must_beat_baseline:
+        passed, text = _verdict_on_test(vs_clim, "challenger vs climatology", policy) if bootstrap else \
+            (vs_clim.improvement > 0, _describe(vs_clim, "challenger vs climatology"))
+        ok &= passed
+        reasons.append(text if passed or bootstrap else f"{text}: not better than climatology")
+    if bootstrap:
+        reasons.append(f"nothing pinned yet: bootstrap ({policy.bootstrap})")
+    elif evaluation.champion_version == evaluation.challenger_version:
+        ok = False
+        reasons.append(f"v{evaluation.challenger_version} is already the champion")
+    elif "challenger_vs_champion" not in tests:
+        ok = False
+        reasons.append(f"champion v{evaluation.champion_version} has no per-day losses on the same rows; "
+                       "refusing to compare")
+    else:
+        passed, text = _verdict_on_test(tests["challenger_vs_champion"],
+                                        f"challenger vs champion v{evaluation.champion_version}", policy)
+        ok &= passed
+        reasons.append(text)
+        if not c.champion_refitted:
+            reasons.append("the champion records no recipe: scored as registered, not refitted per fold")
+    return Verdict(ok, reasons, bootstrap, m, challenger, champion, baseline, tests)
+
+
+def decide_on_scores(evaluation: Evaluation, policy: Policy) -> Verdict:
+    """The score rule for evaluations without per-day losses (before the walk-forward gate)."""
     m = policy.metric
     reasons: list[str] = []
     ok = True

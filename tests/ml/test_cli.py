@@ -49,12 +49,12 @@ def test_untrainable_data_is_named_and_registers_nothing(trainer_factory, mlflow
     # Valid bars that never rise: every label is DOWN, so no classifier can be fitted.
     from tests.ml.conftest import write_csv
 
-    flat = market.tail(400).copy()
+    flat = market.tail(800).copy()
     flat[["open", "high", "low", "close"]] = 100.0
     csv = write_csv(flat, tmp_path / "flat.csv")
     before = _versions(mlflow_server.uri)
     result = trainer_factory(mlflow_server.uri)("--source", f"csv:{csv}", "--anchor", "2024-06-28",
-                                                "--train-years", "1",
+                                                "--train-years", "1", "--eval-days", "60",
                                                 "--candidates", str(fast_grid), "--no-promote")
     assert result.exit_code == 1, result.output
     assert "cannot train candidate rf_small: training window holds a single class (0)" in result.output

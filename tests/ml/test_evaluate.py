@@ -87,13 +87,13 @@ def test_better_respects_metric_direction():
     assert not better(b, a, "brier") and not better(b, a, "roc_auc")
 
 
-def test_packaged_grid_has_the_seed_forests_and_another_family():
+def test_packaged_grid_has_climatology_forests_and_another_family():
     grid = load_grid()
     forests = {(c.params.get("n_estimators"), c.params.get("max_depth"))
                for c in grid.candidates if c.family == "random_forest"}
-    assert {(50, 3), (100, 5), (200, None)} <= forests
-    assert {c.family for c in grid.candidates} - {"random_forest"}
-    assert grid.select_by == "balanced_accuracy" and grid.validation_days == 250
+    assert {(50, 3), (100, 5)} <= forests
+    assert {"climatology", "logistic_regression", "gradient_boosting"} <= {c.family for c in grid.candidates}
+    assert grid.select_by == "log_loss" and grid.validation_days == 250 and grid.fold_months == 3
 
 
 def test_grid_override_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
