@@ -56,12 +56,14 @@ def main(verbose: bool) -> None:
 
 def _register() -> None:
     """Attach subcommands (imported here so `primer --help` lists them all)."""
+    from primer.backtest_command import backtest
+    from primer.data_command import data_group
     from primer.promotion_commands import COMMANDS as promotion_commands
     from primer.serve_command import serve
     from primer.train_command import train_command
     from primer.up import down_command, up_command
 
-    for command in (*promotion_commands, train_command, up_command, down_command, serve):
+    for command in (*promotion_commands, train_command, backtest, up_command, down_command, serve, data_group):
         main.add_command(command)
 
 
