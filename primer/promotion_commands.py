@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 import httpx
@@ -27,7 +27,8 @@ from contract.ui import ui_base
 from promotion import gitops
 from promotion.forge import ForgeError, forge_from_settings
 from promotion.gitops import GitError
-from promotion.propose import PROMOTION_BRANCH_RE
+from promotion.policy import load_policy
+from promotion.propose import PROMOTION_BRANCH_RE, champion_vs_climatology
 
 EXIT_UNREACHABLE = 3
 _ROLLBACK_RE = re.compile(r"^(Roll back |Revert \")")  # primer rollback's subject, or git revert's
@@ -314,6 +315,8 @@ def _status_aliases(uri: str, pinned: int | None, drift: list[str], unchecked: l
         ch_status = registry.status_of(c, challenger) if challenger else None
         click.echo(f"champion (MLflow):    {_fmt_v(champion)}")
         click.echo(f"challenger (MLflow):  {_fmt_v(challenger)}" + (f" ({ch_status})" if ch_status else ""))
+        if (health := _champion_health(c, challenger, pinned)) is not None:
+            click.echo(f"vs climatology:       {health}")
         if (ui := ui_base(uri)) is not None:
             click.echo(f"MLflow UI:            {ui_links.model_url(ui, MODEL_NAME)}")
         if champion != pinned:
@@ -322,6 +325,15 @@ def _status_aliases(uri: str, pinned: int | None, drift: list[str], unchecked: l
     except registry.RegistryUnreachable as exc:
         click.echo(f"champion (MLflow):    unknown ({exc})")
         unchecked.append(f"MLflow at {registry.public_uri(uri)} (aliases)")
+
+
+def _champion_health(c: Any, latest: int | None, pinned: int | None) -> str | None:
+    """The pinned champion against climatology in the latest run's evidence (skipped if unreadable)."""
+    try:
+        policy = load_policy(PromotionSettings.load().policy_path())
+        return champion_vs_climatology(c, latest, pinned, policy)
+    except (PrimerError, OSError, ValueError, KeyError, TypeError) as exc:
+        return f"unknown ({type(exc).__name__}: {exc})"
 
 
 def _status_service(service_url: str, pinned: int | None, drift: list[str]) -> None:

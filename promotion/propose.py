@@ -24,7 +24,7 @@ from tenacity import retry, stop_after_attempt, wait_exponential
 from contract import registry
 from contract import ui as ui_links
 from contract.errors import PrimerError
-from contract.evidence import METRICS, Evaluation, evaluation_from_dict, improvement
+from contract.evidence import METRICS, Evaluation, evaluation_from_dict, improvement, paired_tests
 from contract.names import (
     CHALLENGER_ALIAS,
     EVALUATION_ARTIFACT,
@@ -165,6 +165,10 @@ def commit_message(e: Evaluation, v: Verdict) -> str:
         lines.append(f"{v.metric}: {_fmt(v.challenger_score)} (nothing pinned before: bootstrap)")
     if v.baseline:
         lines.append(f"best naive baseline on {v.metric}: {v.baseline[0]} {v.baseline[1]:.4f}")
+    if (t := v.tests.get("challenger_vs_champion") or v.tests.get("challenger_vs_climatology")) is not None:
+        against = "champion" if "challenger_vs_champion" in v.tests else "climatology"
+        lines.append(f"paired {t.test} on {t.rows} walk-forward rows vs {against}: log loss lower by "
+                     f"{t.improvement:+.4f} nats/day (95% CI {t.ci_low:+.4f}..{t.ci_high:+.4f}, p = {t.p_value:.3f})")
     lines += [
         f"run id: {e.challenger_run_id} (candidate {e.challenger_candidate})",
         f"eval window: {e.eval_start}..{e.eval_end} ({e.eval_days} days, data {e.data_source})",
@@ -191,18 +195,23 @@ def pr_body(e: Evaluation, v: Verdict, policy: Policy) -> str:
         a = e.challenger.get(metric)
         b = e.champion.get(metric) if e.champion is not None else None
         d = None if a is None or b is None else improvement(a, b, metric)
-        name = f"**{metric}** (decides)" if metric == policy.metric else metric
+        name = f"**{metric}** (decides)" if metric == v.metric else metric
         out.append(f"| {name} | {_fmt(a)} | {_fmt(b)} | {'n/a' if d is None else f'{d:+.4f}'} |")
     if e.baselines:
         out += ["", "### Naive baselines (same window)", "", "| baseline | " + " | ".join(METRICS) + " |",
                 "|---" * (len(METRICS) + 1) + "|"]
         for name, s in e.baselines.items():
             out.append(f"| {name} | " + " | ".join(_fmt(s.get(m)) for m in METRICS) + " |")
-    out += [
-        "", f"### Gate (`{POLICY_PATH}`)", "",
+    out += evidence_section(e, v, policy)
+    gate_rule = (f"- test: `{policy.test}`, one-sided level {policy.level}, min_effect {policy.min_effect} nats/day "
+                 f"of log loss; min_eval_days: {policy.min_eval_days}; must_beat_baseline (climatology): "
+                 f"{str(policy.must_beat_baseline).lower()}; bootstrap: {policy.bootstrap}") if v.tests else (
         f"- metric: `{policy.metric}`; min_improvement: {policy.min_improvement}; "
         f"min_eval_days: {policy.min_eval_days}; must_beat_baseline: {str(policy.must_beat_baseline).lower()}; "
-        f"bootstrap: {policy.bootstrap} (must beat baseline: {str(policy.bootstrap_must_beat_baseline).lower()})",
+        f"bootstrap: {policy.bootstrap} (must beat baseline: {str(policy.bootstrap_must_beat_baseline).lower()})")
+    out += [
+        "", f"### Gate (`{POLICY_PATH}`)", "",
+        gate_rule,
         f"- verdict: **{'PASS' if v.passed else 'FAIL'}**",
         *[f"  - {r}" for r in v.reasons],
         "", "### MLflow", "",
@@ -212,7 +221,53 @@ def pr_body(e: Evaluation, v: Verdict, policy: Policy) -> str:
     return "\n".join(out)
 
 
-# ---------------------------------------------------------------- saved evidence (retry)
+_TEST_NAMES = {"challenger_vs_champion": "challenger vs champion", "challenger_vs_climatology":
+               "challenger vs climatology", "champion_vs_climatology": "champion vs climatology"}
+
+
+def evidence_section(e: Evaluation, v: Verdict, policy: Policy) -> list[str]:
+    """The walk-forward evidence: rows, folds, disagreements, each paired test with its interval."""
+    c = e.comparison
+    if c is None or not v.tests:
+        return []
+    out = ["", "### Evidence: paired test on per-day log loss (walk-forward)", "",
+           f"- {e.eval_days} out-of-sample rows ({e.eval_start} → {e.eval_end}) in {c.folds} folds; every fold "
+           f"refits each recipe on the rows before it (every {c.fold_months} month(s)); the challenger was chosen "
+           f"on {c.selection_days} earlier rows, none of these"]
+    if c.disagreements is not None:
+        out.append(f"- the two call a different direction (UP/DOWN) on **{c.disagreements} of {e.eval_days}** rows")
+    if not c.champion_refitted and c.champion_loss is not None:
+        out.append("- the champion records no recipe: scored as registered (not refitted per fold; optimistic)")
+    out += ["", f"Test: `{policy.test}` (Diebold–Mariano, Newey–West HAC variance), one-sided level {policy.level}; "
+            f"promote only if the bound is > 0 and the improvement ≥ {policy.min_effect} nats/day.", "",
+            "| comparison | log loss lower by (nats/day) | 95% CI | one-sided bound | p | detectable at 80% power |",
+            "|---|---|---|---|---|---|"]
+    for key, t in v.tests.items():
+        out.append(f"| {_TEST_NAMES.get(key, key)} | {t.improvement:+.4f} | {t.ci_low:+.4f} … {t.ci_high:+.4f} | "
+                   f"{t.bound:+.4f} | {t.p_value:.3f} | {t.mde:.4f} |")
+    out += ["", "Positive = the first one's forecasts lost less. An interval that contains 0 means these rows do not "
+            "show a difference; 'detectable' is the smallest true improvement this many rows would reveal "
+            "4 times in 5 (see the README's section on the gate)."]
+    return out
+
+
+# ---------------------------------------------------------------- saved evidence (retry, status)
+
+def champion_vs_climatology(c: Any, latest: int | None, champion: int | None, policy: Policy) -> str | None:
+    """``primer status``'s line: the pinned champion against climatology, from the evidence of the
+    latest training run (version ``latest``) that scored it; None when there is none to read (an
+    evaluation from before the walk-forward gate, another champion then, no run yet)."""
+    e = _load_evaluation(c, latest) if latest is not None and champion is not None else None
+    if e is None or e.champion_version != champion:
+        return None
+    t = paired_tests(e, policy.gate).get("champion_vs_climatology")
+    if t is None:
+        return None
+    verdict = "beats climatology" if t.passes(policy.min_effect) else \
+        "does NOT beat climatology" if t.improvement <= 0 else "not shown to beat climatology"
+    return (f"v{champion} {verdict}: log loss lower by {t.improvement:+.4f} nats/day (95% CI {t.ci_low:+.4f}.."
+            f"{t.ci_high:+.4f}, p = {t.p_value:.3f}) over {t.rows} walk-forward rows to {e.eval_end} (v{latest}'s run)")
+
 
 def _load_evaluation(c: Any, version: int) -> Evaluation | None:
     """The evaluation the pipeline logged for ``version`` (on its run's parent), None if there is none."""

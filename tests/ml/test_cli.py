@@ -139,8 +139,8 @@ def test_unloadable_champion_is_reported_not_fatal(trainer_factory, mlflow_serve
     train.pin_version(99999)
     result = train(*ARGS, "--candidates", str(fast_grid), "--no-promote")
     assert result.exit_code == 0, result.output
-    assert f"WARNING: champion {MODEL_NAME} v99999 could not be loaded/scored" in result.output
-    assert "[champion] v99999 on the same window: unavailable" in result.output
+    assert f"WARNING: champion {MODEL_NAME} v99999 could not be loaded" in result.output
+    assert "[champion] v99999 on the same rows: unavailable" in result.output
     assert train.last.evaluation.champion_version == 99999 and train.last.evaluation.champion is None
     client = MlflowClient(tracking_uri=mlflow_server.uri)
     version = client.get_model_version_by_alias(MODEL_NAME, "challenger")

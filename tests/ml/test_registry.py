@@ -23,11 +23,13 @@ from mlflow import MlflowClient
 from contract.names import CHALLENGER_ALIAS, EXPERIMENT_NAME, MODEL_NAME, Tag
 from ml import tracking as registry
 from ml.data import load_prices
-from ml.evaluate import score_model, split_windows
-from ml.features import FEATURE_COLUMNS, build_features
+from ml.evaluate import score, split_windows
+from ml.features import FEATURE_COLUMNS, build_features, labeled
+from ml.folds import recipe_from_json
 from ml.tracking import _scoped_uri
-from ml.train import load_grid
+from ml.train import FAMILIES, fit, load_grid
 from tests.ml.conftest import Trainer
+from tests.support import register_tiny_version
 
 FIRST_ANCHOR = date(2024, 3, 28)
 SECOND_ANCHOR = date(2024, 6, 28)
@@ -63,7 +65,9 @@ def test_two_runs_register_then_rescore_the_pinned_champion(any_mlflow_server, t
     assert v1.tags[Tag.DATA_SOURCE] == "synthetic:7"
     assert v1.tags[Tag.GIT_SHA] == "unknown"  # PRIMER_REPO_DIR is an empty folder here, not a checkout
     eval_start, eval_end = date.fromisoformat(v1.tags[Tag.EVAL_START]), date.fromisoformat(v1.tags[Tag.EVAL_END])
-    assert eval_end < FIRST_ANCHOR and np.busday_count(eval_start, eval_end) >= 59
+    # The comparison rows: the last 1,000+ labelled days, the anchor's own (unlabelled) row left out.
+    assert eval_end < FIRST_ANCHOR and np.busday_count(eval_start, eval_end) >= 999
+    assert recipe_from_json(v1.tags[Tag.RECIPE]).name == train.last.evaluation.challenger_candidate
     assert client.get_model_version_by_alias(MODEL_NAME, CHALLENGER_ALIAS).version == str(n)
 
     # The version's run is the winning candidate: a nested run of the pipeline's parent run.
@@ -73,19 +77,27 @@ def test_two_runs_register_then_rescore_the_pinned_champion(any_mlflow_server, t
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
     assert {r.data.tags["candidate"] for r in children} == {c.name for c in load_grid().candidates}
     for run in children:
-        for metric in ("accuracy", "balanced_accuracy", "roc_auc", "log_loss", "brier",
-                       "baseline_always_up_accuracy", "baseline_train_majority_log_loss",
-                       "baseline_yesterday_direction_brier"):
+        for metric in ("accuracy", "balanced_accuracy", "roc_auc", "log_loss", "brier", "val_log_loss"):
             assert metric in run.data.metrics, (run.data.tags["candidate"], metric)
-        assert run.data.params["family"] in ("random_forest", "logistic_regression", "gradient_boosting")
+        assert run.data.params["family"] in FAMILIES
     assert best.data.tags["selected"] == "true"
-    # Chosen on the validation window (the end of the training window), not on the evaluation window.
-    val = {r.data.tags["candidate"]: r.data.metrics["val_balanced_accuracy"] for r in children}
-    assert val[best.data.tags["candidate"]] == max(val.values())
+    # Chosen on the selection folds (before the comparison rows); at bootstrap, climatology
+    # replaces a choice that does not beat it.
+    val = {r.data.tags["candidate"]: r.data.metrics["val_log_loss"] for r in children}
+    assert val[best.data.tags["candidate"]] == min(val.values()) or (
+        best.data.tags["candidate"] == "climatology" and "the first pin is climatology" in first.output)
+    for metric in ("ece", "brier_reliability", "brier_resolution", "brier_uncertainty"):
+        assert metric in best.data.metrics
     artifacts = {a.path for a in client.list_artifacts(v1.run_id, "plots")}
     assert artifacts == {"plots/confusion_matrix.png", "plots/roc_curve.png", "plots/calibration.png"}
     png = Path(client.download_artifacts(v1.run_id, "plots/roc_curve.png"))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    evidence = {a.path for a in client.list_artifacts(best.data.tags["mlflow.parentRunId"], "evidence")}
+    assert evidence == {"evidence/reliability.png", "evidence/cumulative_loss.png"}
+    parent_metrics = client.get_run(best.data.tags["mlflow.parentRunId"]).data.metrics
+    for metric in ("baseline_always_up_accuracy", "baseline_climatology_log_loss", "comparison_rows",
+                   "challenger_vs_climatology_p_value", "challenger_vs_climatology_ci_low"):
+        assert metric in parent_metrics, metric
 
     # Latest feature row for serving, as of the anchor.
     latest = registry.Tracker(uri).latest_features(v1.run_id)
@@ -124,18 +136,25 @@ def test_two_runs_register_then_rescore_the_pinned_champion(any_mlflow_server, t
     v2 = client.get_model_version(MODEL_NAME, str(n + 1))
     assert client.get_model_version_by_alias(MODEL_NAME, CHALLENGER_ALIAS).version == str(n + 1)
     assert v2.tags[Tag.EVAL_END] > v1.tags[Tag.EVAL_END]
-    prefix = f"[champion] v{n} on the same window:"
+    prefix = f"[champion] v{n} on the same rows:"
     assert prefix in second.output
-    assert "optimistic" not in second.output  # forward in time: the champion never saw this window
+    assert "optimistic" not in second.output  # its recipe is recorded: refitted per fold, never in-sample
     reported = _scores_from_output(second.output, prefix)
 
-    # Independently: version n scored on run 2's window (rebuilt from the source) gives the same numbers.
-    prices = load_prices("synthetic:7", end=SECOND_ANCHOR)
-    window = split_windows(build_features(prices), 60).eval
-    assert window.index[0].date().isoformat() == v2.tags[Tag.EVAL_START]
-    assert window.index[-1].date().isoformat() == v2.tags[Tag.EVAL_END]
-    expected, _ = score_model(model, window)
-    assert result.champion.accuracy == pytest.approx(expected.accuracy)
+    # Independently: version n's recipe refitted on the past of each of run 2's folds, by hand.
+    recipe = recipe_from_json(v1.tags[Tag.RECIPE])
+    rows = labeled(build_features(load_prices("synthetic:7", end=SECOND_ANCHOR)))
+    comparison = result.comparison
+    assert comparison is not None and comparison.champion_refitted
+    first_day = rows.index.get_loc(pd.Timestamp(result.eval_start))
+    p_up = []
+    for start, stop in _fold_edges(rows.index, first_day, comparison.fold_months):
+        model = fit(recipe, rows.iloc[max(0, start - 504):start])
+        p_up.append(model.predict_proba(rows.iloc[start:stop][list(FEATURE_COLUMNS)])[:, 1])
+    y = rows["label"].iloc[first_day:]
+    expected = score(y, np.concatenate(p_up))
+    assert len(y) == result.eval_days == len(comparison.champion_loss)
+    assert rows.index[-1].date() == result.eval_end and result.eval_end < SECOND_ANCHOR
     assert result.champion.log_loss == pytest.approx(expected.log_loss)
     assert result.champion.brier == pytest.approx(expected.brier)
     assert result.eval_start.isoformat() == v2.tags[Tag.EVAL_START]
@@ -143,36 +162,42 @@ def test_two_runs_register_then_rescore_the_pinned_champion(any_mlflow_server, t
     # ...and the line the operator reads says so.
     assert reported["acc"] == pytest.approx(expected.accuracy, abs=5e-4)
     assert reported["log_loss"] == pytest.approx(expected.log_loss, abs=5e-5)
-    assert reported["brier"] == pytest.approx(expected.brier, abs=5e-5)
     parent2 = client.get_run(client.get_run(v2.run_id).data.tags["mlflow.parentRunId"])
     assert parent2.data.metrics["champion_log_loss"] == pytest.approx(expected.log_loss)
     assert parent2.data.tags["champion_version"] == str(n)
     evaluation = json.loads(Path(client.download_artifacts(parent2.info.run_id, "evaluation.json")).read_text())
     assert evaluation["champion_version"] == n and evaluation["challenger_version"] == n + 1
-    assert evaluation["eval_start"] == v2.tags[Tag.EVAL_START] and evaluation["eval_days"] == 60
+    assert evaluation["eval_start"] == v2.tags[Tag.EVAL_START] and evaluation["eval_days"] >= 1000
     # Version n itself is unchanged.
     assert client.get_model_version(MODEL_NAME, str(n)).tags[Tag.PROMOTION_STATUS] == "candidate"
 
 
+def _fold_edges(index: pd.DatetimeIndex, first: int, months: int) -> list[tuple[int, int]]:
+    """Calendar blocks of ``months`` months from position ``first`` to the end."""
+    block = ((index.year - 1970) * 12 + index.month - 1) // months
+    edges = [first] + [i for i in range(first + 1, len(index)) if block[i] != block[i - 1]] + [len(index)]
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
 @pytest.mark.slow
-def test_a_champion_that_saw_this_window_is_flagged(mlflow_server, trainer_factory, fast_grid: Path):
-    """Going back in time (an earlier --anchor, a restarted replay clock) scores the champion in-sample."""
+def test_a_champion_without_a_recipe_is_scored_as_registered_and_flagged(mlflow_server, trainer_factory,
+                                                                         fast_grid: Path):
+    """A version registered before the walk-forward gate records no recipe: it cannot be refitted per
+    fold, so it is scored as it is (possibly in-sample: optimistic), and the run and the evidence say so."""
     train = trainer_factory(mlflow_server.uri)
-    args = ("--source", "synthetic:7", "--train-years", "1", "--candidates", str(fast_grid), "--no-promote")
-    later = train(*args, "--anchor", SECOND_ANCHOR.isoformat())
-    assert later.exit_code == 0, later.output
-    n = _registered(train, later.output)
-    seen_until = MlflowClient(tracking_uri=mlflow_server.uri).get_model_version(MODEL_NAME, str(n)).tags[Tag.EVAL_START]
+    tracker = registry.Tracker(mlflow_server.uri)
+    n, _ = register_tiny_version(mlflow_server.uri, tracker.experiment_id("ml-tests-no-recipe"))
     train.pin_version(n)
-    earlier = train(*args, "--anchor", FIRST_ANCHOR.isoformat())
-    assert earlier.exit_code == 0, earlier.output
-    assert f"[champion] v{n} on the same window:" in earlier.output
-    assert train.last.evaluation.champion_version == n and train.last.evaluation.champion is not None
-    assert (f"WARNING: champion {MODEL_NAME} v{n} was trained on rows before {seen_until}, inside this run's "
-            "evaluation window") in earlier.output
+    result = train("--source", "synthetic:7", "--train-years", "1", "--eval-days", "60", "--candidates",
+                   str(fast_grid), "--no-promote", "--anchor", SECOND_ANCHOR.isoformat())
+    assert result.exit_code == 0, result.output
+    assert f"WARNING: champion {MODEL_NAME} v{n} records no recipe; it is scored as registered" in result.output
+    comparison = train.last.evaluation.comparison
+    assert comparison is not None and not comparison.champion_refitted
+    assert comparison.champion_loss is not None and len(comparison.champion_loss) == train.last.evaluation.eval_days
 
 
-@pytest.mark.parametrize("family", ["random_forest", "logistic_regression", "gradient_boosting"])
+@pytest.mark.parametrize("family", ["climatology", "random_forest", "logistic_regression", "gradient_boosting"])
 def test_every_family_round_trips_through_skops(family: str, mlflow_server, market: pd.DataFrame):
     """The trusted types passed to log_model are enough for mlflow.sklearn.load_model."""
     from ml.train import fit
