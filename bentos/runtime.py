@@ -215,12 +215,14 @@ class Runtime:
         if text is None:
             st.pin_error = missing + self._keeping()
             log.error("%s", st.pin_error)
+            self._drop_pending_target()
             return
         try:
             pin = parse_pin(text, str(path))
         except PinError as exc:
             st.pin_error = f"invalid pin ignored: {exc}{self._keeping()}"
             log.error("%s", st.pin_error)
+            self._drop_pending_target()
             return
         st.pin_error = None
         if pin.version is None:
@@ -230,6 +232,15 @@ class Runtime:
             log.info("pin %s: %s wants version %s", path, MODEL_NAME, pin.version)
         if pin.version != st.pin_version:
             st.pin_version, st.attempts, st.next_attempt, st.load_error = pin.version, 0, 0.0, None
+
+    def _drop_pending_target(self) -> None:
+        """A pin that cannot be read no longer asks for the version the last good one named:
+        stop retrying a target that was never loaded and keep serving what is loaded."""
+        st = self._status
+        served = self.model.version if self.model is not None else None
+        if st.pin_version != served:
+            log.info("no longer loading version %s: the pin that named it was replaced", st.pin_version)
+            st.pin_version, st.attempts, st.next_attempt, st.load_error = served, 0, 0.0, None
 
     def _keeping(self) -> str:
         return f"; still serving version {self.model.version}" if self.model else "; no model loaded"

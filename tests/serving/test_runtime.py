@@ -134,6 +134,25 @@ def test_invalid_pin_never_replaces_a_model_and_null_keeps_serving(tmp_path: Pat
     assert rt.model.version == 3 and "cannot read pin file" in rt.status()["last_error"]
 
 
+def test_a_garbage_pin_after_an_unloadable_one_stops_the_retries(tmp_path: Path) -> None:
+    pin = write_pin_text(tmp_path / "pin.yaml", 3)
+    loader = Loader()
+    rt = _runtime(pin, loader)
+    _tick(rt)
+    loader.fail.add(9)
+    write_pin_text(pin, 9)
+    _tick(rt)
+    assert loader.calls == [3, 9]
+    pin.write_text("{{{")  # the unloadable target replaced by garbage: nothing asks for 9 any more
+    _tick(rt)
+    rt._status.next_attempt = time.monotonic() - 1  # a retry would be due now
+    _tick(rt)
+    assert loader.calls == [3, 9], "the service kept retrying a version no pin names"
+    status = rt.status()
+    assert rt.model.version == 3 and status["pinned_version"] == "3"
+    assert "invalid pin ignored" in status["last_error"] and "spy-direction/9" not in status["last_error"]
+
+
 class FirstFeatureIsP:
     """An estimator whose P(up) is the row's first feature: answers depend on the row."""
 
