@@ -17,6 +17,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from ml.train import Candidate, fit, predict_up
 # this so one day never costs more than ~9.2 nats (the ranking of sane models is unchanged).
 PROBABILITY_FLOOR = 1e-4
 MIN_FOLD_TRAIN_ROWS = 250  # about one trading year
+CACHE_MAX_AGE = timedelta(days=30)
 
 
 class FoldError(PrimerError, ValueError):
@@ -108,10 +110,15 @@ def plan_folds(rows: pd.DataFrame, *, days: int, months: int, train_rows: int, e
     return folds[::-1]
 
 
-def _fit_predict(family: str, params: dict, train: pd.DataFrame, test: pd.DataFrame, name: str = "") -> np.ndarray:
-    """The cached unit of work: fit on the fold's past, P(up) on the fold's block (``name``: for messages)."""
-    model = fit(Candidate(name, family, params), train)
-    return predict_up(model, test).to_numpy()
+def _fit_predict(family: str, params: dict, train: np.ndarray, test: np.ndarray, name: str = "") -> np.ndarray:
+    """The cached unit of work: fit on the fold's past, P(up) on the fold's block (``name``: for messages).
+
+    Plain C-ordered arrays (features then label), not frames: the cache key is a hash of the
+    arguments, and two frames with equal values can pickle differently (block layout).
+    """
+    frame = pd.DataFrame(train, columns=[*FEATURE_COLUMNS, LABEL])
+    model = fit(Candidate(name, family, params), frame)
+    return predict_up(model, pd.DataFrame(test, columns=list(FEATURE_COLUMNS))).to_numpy()
 
 
 class FoldRunner:
@@ -123,9 +130,10 @@ class FoldRunner:
         self.fits = 0  # folds actually fitted (cache misses), for the progress line and benchmark
 
     def _one(self, recipe: Candidate, rows: pd.DataFrame, fold: Fold) -> np.ndarray:
-        cols = [*FEATURE_COLUMNS, LABEL]
-        train = rows.iloc[fold.train_start:fold.test_start][cols]
-        test = rows.iloc[fold.test_start:fold.test_end][list(FEATURE_COLUMNS)]
+        train = np.ascontiguousarray(rows.iloc[fold.train_start:fold.test_start][[*FEATURE_COLUMNS, LABEL]]
+                                     .to_numpy(dtype=float))
+        test = np.ascontiguousarray(rows.iloc[fold.test_start:fold.test_end][list(FEATURE_COLUMNS)]
+                                    .to_numpy(dtype=float))
         try:
             if self.memory.location is None:
                 self.fits += 1
@@ -135,6 +143,12 @@ class FoldRunner:
             return np.asarray(self._cached(recipe.family, recipe.params, train, test, recipe.name))
         except ValueError as exc:  # e.g. a fold whose past holds one class: the data, not a bug
             raise FoldError(f"cannot train candidate {recipe.name}: {exc}") from exc
+
+    def prune(self) -> None:
+        """Drop entries no run has read for :data:`CACHE_MAX_AGE` (the block still growing leaves
+        one stale entry a day); completed folds in use are read by every run and stay."""
+        if self.memory.location is not None:
+            self.memory.reduce_size(age_limit=CACHE_MAX_AGE)
 
     def forecast(self, recipe: Candidate, rows: pd.DataFrame, folds: Sequence[Fold]) -> Forecast:
         parts = [self._one(recipe, rows, fold) for fold in folds]

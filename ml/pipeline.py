@@ -266,6 +266,7 @@ def gather_evidence(config: PipelineConfig, grid: Grid, dataset: Dataset, champi
         model = walkforward.refit_to_anchor(evidence.challenger.recipe, dataset.regions.rows, config.train_rows)
     except ValueError as exc:  # e.g. a fold holding one class: the data, not a bug
         raise PipelineError(f"{exc}; nothing was registered") from exc
+    runner.prune()
     seconds = time.perf_counter() - t0
     echo(f"[train] {runner.fits} fold fit(s), the rest from the cache ({runner.memory.location}); {seconds:.1f}s")
     for name, scores in evidence.selection.items():
