@@ -79,6 +79,12 @@ if [ ! -s /etc/apt/keyrings/kubernetes-apt-keyring.gpg ]; then
 fi
 echo "deb [signed-by=/etc/apt/keyrings/kubernetes-apt-keyring.gpg] $K8S_APT_URL /" >/etc/apt/sources.list.d/kubernetes.list
 apt-get update -qq
+# A node already in the cluster is upgraded with `kubeadm upgrade`, one minor at a time,
+# control plane first: installing a newer kubelet under it would break the node.
+installed=$(dpkg-query -W -f='${Version}' kubelet 2>/dev/null || true)
+if [ -s /etc/kubernetes/kubelet.conf ] && [ -n "$installed" ] && [ "${installed%%-*}" != "$K8S_VERSION" ]; then
+  die "this node runs kubelet ${installed%%-*}, versions.env says $K8S_VERSION: upgrade with kubeadm (docs/cluster.md, 'Kubernetes version'), or rebuild the lab (vagrant destroy -f && vagrant up)"
+fi
 apt-mark unhold kubelet kubeadm kubectl >/dev/null 2>&1 || true
 apt-get install -y -qq --allow-downgrades \
   "kubelet=${K8S_VERSION}-*" "kubeadm=${K8S_VERSION}-*" "kubectl=${K8S_VERSION}-*" >/dev/null

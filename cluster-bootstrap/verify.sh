@@ -21,8 +21,13 @@ app_state() {  # app_state NAME -> "SYNC HEALTH"
 }
 
 pinned_version() {  # the version in the pin ConfigMap serving mounts ("null" before the first promotion)
-  kubectl -n serving get configmap -l app.kubernetes.io/name=model-pin \
-    --sort-by=.metadata.creationTimestamp -o jsonpath='{.items[-1:].data.model-version\.yaml}' 2>/dev/null \
+  # The ConfigMap the Deployment names, not the newest one: after a revert the pin's
+  # content (and so its hashed name) is an older ConfigMap's again.
+  local name
+  name=$(kubectl -n serving get deployment primer-serving \
+    -o jsonpath='{.spec.template.spec.volumes[?(@.name=="pin")].configMap.name}' 2>/dev/null) || return 1
+  [ -n "$name" ] || return 1
+  kubectl -n serving get configmap "$name" -o jsonpath='{.data.model-version\.yaml}' 2>/dev/null \
     | sed -n 's/^version:[[:space:]]*\([^[:space:]#]*\).*/\1/p'
 }
 

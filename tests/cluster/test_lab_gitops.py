@@ -8,6 +8,7 @@ argoproj/argo-cd v3.5.1 manifests/crds) and checked against what the apps render
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -272,3 +273,42 @@ def test_the_postgres_statefulset_is_governed_by_a_headless_service(apps) -> Non
     governing = services[sts["spec"]["serviceName"]]
     assert governing["spec"]["clusterIP"] == "None"
     assert governing["spec"]["selector"] == sts["spec"]["selector"]["matchLabels"]
+
+
+# --- Time to a first answer ---------------------------------------------------------------------
+
+def test_one_time_estimate_everywhere_and_it_is_the_budget_total() -> None:
+    doc = (REPO / "docs" / "cluster.md").read_text()
+    table = doc.split("<!-- time-budget:start", 1)[1].split("<!-- time-budget:end -->", 1)[0]
+    rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    steps = {cells[0].strip(): cells[1].strip() for cells in rows[1:]}
+    total = int(steps.pop("**total**").strip("*"))
+    assert sum(int(m) for m in steps.values()) == total
+    places = {"Vagrantfile": (REPO / "Vagrantfile").read_text(), "README.md": (REPO / "README.md").read_text(),
+              "docs/cluster.md": doc}
+    for name, text in places.items():
+        estimates = set(re.findall(r"~(\d+)(?:[-–]\d+)? min", text))
+        assert estimates == {str(total)}, f"{name} gives {sorted(estimates)} minutes, the budget says {total}"
+
+
+def test_verify_reports_the_pin_serving_mounts_not_the_newest_configmap(tmp_path) -> None:
+    # After a revert the pin's hashed ConfigMap is an older one again; the newest ConfigMap
+    # (what verify.sh used to read) names the reverted version.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "kubectl").write_text("""#!/usr/bin/env bash
+case "$*" in
+  *"get deployment primer-serving"*) printf model-pin-reverted ;;
+  *"get configmap model-pin-reverted"*) printf 'version: 3\\n' ;;
+  *"get configmap model-pin-newest"*|*"-l app.kubernetes.io/name=model-pin"*) printf 'version: 5\\n' ;;
+  *) exit 1 ;;
+esac
+""")
+    (bin_dir / "kubectl").chmod(0o755)
+    verify = (BOOTSTRAP / "verify.sh").read_text()
+    functions = re.search(r"^kubectl\(\) \{.*?\n", verify, re.M).group(0) + re.search(
+        r"^pinned_version\(\) \{.*?\n\}\n", verify, re.M | re.S).group(0)
+    proc = subprocess.run(["bash", "-c", f"set -euo pipefail\n{functions}\npinned_version"], capture_output=True,
+                          text=True, timeout=30, env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "3"
