@@ -424,8 +424,9 @@ def _finish(ctx: RunContext, config: PipelineConfig, parent_id: str, grid: Grid,
     with stages("train+score"):
         evidence, results = gather_evidence(config, grid, dataset, champion, echo)
     best = select_best(results)
-    echo(f"[select] challenger: {best.name} (best {grid.select_by} on the selection folds"
-         f"{'; climatology at bootstrap' if evidence.fallback else ''})")
+    echo(f"[select] challenger: {best.name} " + ("(the first pin must beat climatology or be it)"
+                                                 if evidence.fallback else
+                                                 f"(best {grid.select_by} on the selection folds)"))
     with stages("log-model"):
         model_uri = track_run(ctx, parent_id, results, best, dataset)
     with stages("register"):

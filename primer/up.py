@@ -325,7 +325,8 @@ def _summary(p: Plan, elapsed: float) -> None:
     answer = _first_answer(api)
     prefix = "" if p.mlflow_port == MLFLOW_PORT else f"MLFLOW_TRACKING_URI={tracking_uri} "
     next_steps = [
-        (f"{prefix}primer train --source synthetic:7", "train again; a winner becomes a promote/... branch"),
+        (f"{prefix}primer train --source synthetic:7:1.0",
+         "train on data with a planted signal; a winner becomes a promote/... branch"),
         (f"git merge promote/{MODEL_NAME}-vN", "promote: the service swaps without a restart"),
         (f"{prefix}primer rollback", "roll back to the previous pin (a commit)"),
         (f"{prefix}primer status --service-url {api}", "pin vs MLflow aliases vs what serves: drift?"),

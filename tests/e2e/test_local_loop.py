@@ -77,10 +77,11 @@ def test_primer_up_promote_rollback_down(loop_repo: tuple[Path, dict[str, str]])
         assert client.get_model_version_by_alias(MODEL_NAME, CHAMPION_ALIAS).version == "1"
         serving_pid = _serving_pid(api_port)
 
-        # 2. train again on other data: on this window the seed-7 challenger beats v1 by
-        #    more than the policy's min_improvement and beats the baselines, so the gate
-        #    proposes branch promote/spy-direction-v2 (no forge locally: a branch only).
-        done = _primer(repo, env, "train", "--source", "synthetic:7")
+        # 2. train again on data with a planted signal (synthetic:SEED:SIGNAL): a fitted model beats
+        #    v1 (climatology or a model refitted on these folds too) by the paired test on the
+        #    same walk-forward rows, so the gate proposes branch promote/spy-direction-v2 (no
+        #    forge locally: a branch only).
+        done = _primer(repo, env, "train", "--source", "synthetic:7:1.0")
         assert done.returncode == 0, done.stdout + done.stderr
         assert f"v2 proposed on branch {promotion_branch(2)}" in done.stdout, done.stdout
         assert _promotion_branches(repo) == [promotion_branch(2)]
