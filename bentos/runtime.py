@@ -27,8 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from contract.evidence import METRICS
-from contract.names import MODEL_NAME
+from contract.names import LATEST_FEATURES_ARTIFACT, MODEL_NAME
 from contract.pin import PinError, parse_pin
 from contract.registry import public_uri
 from contract.settings import ServingSettings, quiet_mlflow
@@ -89,23 +88,21 @@ class _Status:
 def load_served_model(tracking_uri: str, version: int) -> LoadedModel:
     """Load one registered version with its run's metrics and stored feature row.
 
-    MLflow is imported here, in the loader thread, so it never slows the
-    service's start-up (it is the heaviest import by far).
+    Read over MLflow's REST API (:mod:`bentos.model_store`) when the tracking server
+    serves the artifacts, as this project's servers do; else through MLflow's client,
+    imported only then (it is the heaviest import by far).
     """
-    # Our own loop retries with backoff; MLflow's long internal retries would
-    # only hide an unreachable server for minutes.
-    quiet_mlflow(fail_fast=True)
     import pandas as pd
 
+    from bentos.model_store import NotProxied, read_version
+    from contract.evidence import METRICS  # imports numpy: not at module level (the supervisor imports us)
     from ml.features import FEATURE_COLUMNS
-    from ml.tracking import LATEST_FEATURES_ARTIFACT, Tracker  # how the pipeline stored what we load
 
-    tracker = Tracker(tracking_uri)
-    mv = tracker.client.get_model_version(MODEL_NAME, str(version))
-    if not mv.run_id:
-        raise RuntimeError(f"models:/{MODEL_NAME}/{version} has no run id; cannot find its metrics and features")
-    run = tracker.client.get_run(mv.run_id)
-    estimator = tracker.load_version(version)
+    try:
+        stored = read_version(tracking_uri, version, LATEST_FEATURES_ARTIFACT)
+    except NotProxied:
+        stored = _read_with_mlflow(tracking_uri, version)
+    estimator = stored.estimator
     if not hasattr(estimator, "predict_proba"):
         raise RuntimeError(f"models:/{MODEL_NAME}/{version} is a {type(estimator).__name__} without predict_proba")
     if 1 not in list(getattr(estimator, "classes_", [])):
@@ -113,24 +110,46 @@ def load_served_model(tracking_uri: str, version: int) -> LoadedModel:
         raise RuntimeError(f"models:/{MODEL_NAME}/{version} was not trained with label 1 (classes {classes})")
     stored_row, stored_as_of = None, None
     try:
-        stored = tracker.latest_features(mv.run_id)
-        stored_as_of = date.fromisoformat(stored["as_of"])
-        values = {c: float(stored["features"][c]) for c in FEATURE_COLUMNS}
+        if stored.latest_features is None:
+            raise LookupError(stored.features_problem)
+        stored_as_of = date.fromisoformat(stored.latest_features["as_of"])
+        values = {c: float(stored.latest_features["features"][c]) for c in FEATURE_COLUMNS}
         stored_row = pd.DataFrame([values], columns=list(FEATURE_COLUMNS))
     except Exception as exc:  # the model still serves fresh data; only the fallback is missing
         log.warning("v%s: no usable %s in run %s (%s); no stale fallback", version, LATEST_FEATURES_ARTIFACT,
-                    mv.run_id, exc)
+                    stored.run_id, exc)
     model = LoadedModel(
         version=version,
-        run_id=mv.run_id,
+        run_id=stored.run_id,
         estimator=estimator,
-        metrics={k: float(run.data.metrics[k]) for k in METRICS if k in run.data.metrics},
+        metrics={k: stored.metrics[k] for k in METRICS if k in stored.metrics},
         loaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
         stored_row=stored_row,
         stored_as_of=stored_as_of,
     )
     model.p_up_rows(stored_row if stored_row is not None else _zero_row(FEATURE_COLUMNS))  # fail now, not on a request
     return model
+
+
+def _read_with_mlflow(tracking_uri: str, version: int) -> Any:
+    """The same as :func:`bentos.model_store.read_version`, through MLflow's client (any artifact store)."""
+    # Our own loop retries with backoff; MLflow's long internal retries would
+    # only hide an unreachable server for minutes.
+    quiet_mlflow(fail_fast=True)
+    from bentos.model_store import StoredVersion
+    from ml.tracking import Tracker
+
+    tracker = Tracker(tracking_uri)
+    mv = tracker.client.get_model_version(MODEL_NAME, str(version))
+    if not mv.run_id:
+        raise RuntimeError(f"models:/{MODEL_NAME}/{version} has no run id; cannot find its metrics and features")
+    metrics = {k: float(v) for k, v in tracker.client.get_run(mv.run_id).data.metrics.items()}
+    estimator = tracker.load_version(version)
+    try:
+        features, problem = tracker.latest_features(mv.run_id), None
+    except Exception as exc:
+        features, problem = None, str(exc)
+    return StoredVersion(mv.run_id, metrics, estimator, features, problem)
 
 
 def _zero_row(columns: tuple[str, ...]) -> Any:

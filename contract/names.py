@@ -17,6 +17,7 @@ CHALLENGER_ALIAS = "challenger"
 
 # MLflow run artifacts and tags the pipeline writes and the promotion step reads back
 EVALUATION_ARTIFACT = "evaluation.json"  # on the training's parent run: the evidence, logged once
+LATEST_FEATURES_ARTIFACT = "serving/latest_features.json"  # on the registered run: serving's stale fallback row
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag for nested runs
 
 # Files, relative to the repository root

@@ -40,6 +40,7 @@ from contract.errors import PrimerError
 from contract.names import (
     CHALLENGER_ALIAS,
     EXPERIMENT_NAME,
+    LATEST_FEATURES_ARTIFACT,
     MLFLOW_PORT,
     MODEL_NAME,
     PARENT_RUN_TAG,
@@ -51,7 +52,6 @@ from contract.settings import TRACKING_URI_VAR, env_restored
 from contract.ui import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 from ml.features import FEATURE_COLUMNS
 
-LATEST_FEATURES_ARTIFACT = "serving/latest_features.json"
 DATA_ARTIFACT_DIR = "data"
 DATA_ARTIFACT_FILE = "prices.csv"
 MODEL_ARTIFACT_NAME = "model"

@@ -18,8 +18,9 @@ def test_feature_row_schema_matches_feature_columns() -> None:
 
 
 def test_service_module_import_is_light() -> None:
-    """`bentoml serve`'s supervisor imports the module too: no pandas, MLflow or sklearn there."""
-    code = "import sys, bentos.service; print(sorted(m for m in ('pandas', 'mlflow', 'sklearn') if m in sys.modules))"
+    """`bentoml serve`'s supervisor imports the module too: no numpy, pandas, MLflow or sklearn there."""
+    code = ("import sys, bentos.service; "
+            "print(sorted(m for m in ('numpy', 'pandas', 'mlflow', 'sklearn') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
