@@ -393,6 +393,18 @@ def test_primer_serve_answers_the_seed_curl(registered: Registered, tmp_path: Pa
         assert r.status_code == 200, r.text
         assert set(r.json()) == set(PREDICTION_KEYS)
         assert r.json()["model_version"] == str(registered.first)
+        # No wrapper left holding memory: the process `primer serve` started is BentoML's
+        # supervisor, with neither numpy nor pandas mapped; only its worker loads the model stack.
+        import psutil
+
+        def maps(pid: int) -> str:
+            return Path(f"/proc/{pid}/maps").read_text()
+
+        root = psutil.Process(svc.proc.pid)
+        assert "bentoml" in " ".join(root.cmdline()[:2]), root.cmdline()
+        assert "/numpy/" not in maps(root.pid) and "/pandas/" not in maps(root.pid)
+        workers = root.children(recursive=True)
+        assert len(workers) == 1 and "/pandas/" in maps(workers[0].pid)
 
 
 def _predictions(svc: Service, version: int) -> float:
