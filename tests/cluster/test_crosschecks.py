@@ -29,7 +29,6 @@ NOT_SET_IN_CLUSTER = {
     "PRIMER_SYNTHETIC_SEED": "only for PRIMER_DATA_SOURCE=synthetic; the lab uses yfinance",
     "PRIMER_REPO_DIR": "the trainer works in temporary clones of PRIMER_GIT_REMOTE; "
                        "the image's /app is the repository root for everything else",
-    "PRIMER_STATE_DIR": "state of `primer up`/`primer down` on a workstation",
     "PRIMER_TRAIN_YEARS": "the default training window (10 years) fits the lab",
     "PRIMER_CANDIDATES_FILE": "the packaged candidate grid (ml/candidates.yaml)",
     "PRIMER_SERVICE_URL": "`primer status` run from a workstation",

@@ -130,7 +130,8 @@ def _run(lab: Lab, c: dict[str, Any], spec: dict[str, Any], pod: Path, *, port: 
         argv = [re.sub(rf"(?<!\d){container_port}(?!\d)", str(port), a).replace("0.0.0.0", "127.0.0.1")
                 for a in argv]
     argv[0] = console_script(argv[0])
-    base = {k: v for k, v in os.environ.items() if k in {"PATH", "LANG", "LC_ALL", "GIT_CONFIG_GLOBAL"}}
+    base = {**{k: v for k, v in os.environ.items() if k in {"PATH", "LANG", "LC_ALL", "GIT_CONFIG_GLOBAL"}},
+            **_image_env()}
     log = pod / f"{c['name']}.log"
     with open(log, "wb") as out:
         if not wait:
@@ -140,6 +141,15 @@ def _run(lab: Lab, c: dict[str, Any], spec: dict[str, Any], pod: Path, *, port: 
                               timeout=600)
     assert proc.returncode == 0, f"{c['name']} exited {proc.returncode}:\n{log.read_text()[-3000:]}"
     return proc
+
+
+def _image_env() -> dict[str, str]:
+    """The ENV of the Dockerfile's final stage (what every container starts with), PATH aside."""
+    final = (REPO / "Dockerfile").read_text().rsplit("\nFROM ", 1)[1].replace("\\\n", " ")
+    pairs = [p for line in final.splitlines() if line.startswith("ENV ") for p in line[4:].split()]
+    env = dict(p.split("=", 1) for p in pairs)
+    assert env.get("PYTHONDONTWRITEBYTECODE") == "1", env
+    return {k: v for k, v in env.items() if k != "PATH"}
 
 
 def _render_at(lab: Lab, git_url: str, app: str, into: Path) -> list[dict[str, Any]]:
@@ -214,8 +224,12 @@ def test_the_manifests_run_the_loop(apps, postgres, seeded_git, tmp_path: Path) 
             configmaps={"replay-clock": {"PRIMER_REPLAY_EPOCH": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}},
         )
         offline = {"PRIMER_DATA_SOURCE": "synthetic"}
+        image_files = sorted(lab.app_dir.rglob("*"))
         try:
             _loop(lab, forge, git_url, offline)
+            # readOnlyRootFilesystem: every container writes only to its volumes, never to /app.
+            assert sorted(lab.app_dir.rglob("*")) == image_files, \
+                f"written into the image's /app: {sorted(set(lab.app_dir.rglob('*')) - set(image_files))[:5]}"
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n--- MLflow log ---\n{ml_log.read_text(errors='replace')[-1500:]}") from exc
         finally:
