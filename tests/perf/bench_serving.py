@@ -229,6 +229,13 @@ def report(results: dict[str, tuple[Result, Result]], table: list[Case], cold: f
     print()
     for label, value, ok in checks:
         print(f"  {label:46}{value:>10}   {'ok' if ok else 'MISSED'}")
+    print("\nas markdown (README, docs/serving.md):\n")
+    print("| what | ours | req/s | p99 ms | peer | req/s | p99 ms | ours/peer |\n|---|---|---|---|---|---|---|---|")
+    for case in table:
+        ours, peer = results[case.key]
+        print(f"| {case.what} | {ours.name} | {ours.rps:,.0f} | {ours.p99_ms:.1f} | {peer.name} | {peer.rps:,.0f} | "
+              f"{peer.p99_ms:.1f} | {ours.rps / peer.rps:.2f}x |")
+    print(f"\ncold start to ready {cold:.1f} s; service process tree {rss[0]:.0f} MB idle, {rss[1]:.0f} MB after load")
 
 
 def main() -> int:

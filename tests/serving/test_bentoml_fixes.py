@@ -1,4 +1,8 @@
-"""The TimeoutMiddleware fix: timers are cancelled after each request; timeouts still answer 504."""
+"""bentos/bentoml_fixes.py against the installed BentoML: each fix still finds what it patches.
+
+The timer fix is exercised here on BentoML's middleware; the bounded metric labels and the
+quiet client errors on a real service in test_service.py.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Any
 
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
-from bentos.bentoml_fixes import cancel_request_timers
+from bentos.bentoml_fixes import bound_endpoint_labels, cancel_request_timers, quiet_client_errors
 
 
 async def _call(mw: Any) -> list[dict]:
@@ -47,3 +51,10 @@ def test_timers_are_cancelled_and_timeouts_still_504() -> None:
         assert (await _call(slow))[0]["status"] == 504
 
     asyncio.run(scenario())
+
+
+def test_every_fix_applies_to_the_installed_bentoml() -> None:
+    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
+
+    assert bound_endpoint_labels(lambda path: path) and quiet_client_errors()
+    assert getattr(RunnerTrafficMetricsMiddleware, "_primer_bounded_endpoints", False)
