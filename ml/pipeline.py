@@ -190,7 +190,7 @@ def _load_window(config: PipelineConfig, echo: Echo) -> tuple[pd.DataFrame, date
     end = _visible_end(config)
     span = config.calendar_span
     # Only Yahoo is asked for less: files and the generator are cheap to read whole.
-    start = end - span if data_mod.parse_spec(config.source).kind == "yfinance" else None
+    start = _year_start(end - span) if data_mod.parse_spec(config.source).kind == "yfinance" else None
     try:
         prices = data_mod.load_prices(config.source, start=start, end=end, seed=config.settings.synthetic_seed)
     except data_mod.DataSourceError as exc:
@@ -206,8 +206,15 @@ def _load_window(config: PipelineConfig, echo: Echo) -> tuple[pd.DataFrame, date
     if "date" in prices.columns and len(prices):
         dates = pd.to_datetime(prices["date"], errors="coerce")
         if dates.notna().any():
-            prices = prices.loc[~(dates < dates.max() - span)].reset_index(drop=True)
+            prices = prices.loc[~(dates < pd.Timestamp(_year_start(dates.max() - span)))].reset_index(drop=True)
     return prices, end
+
+
+def _year_start(day: date | pd.Timestamp) -> date:
+    """January 1 of ``day``'s year. Windows start there, not a fixed number of rows back: rolling
+    features carry float rounding from the first bar, so a start that moves daily would change
+    every fold's rows in the last bits and no run would find the previous run's folds in the cache."""
+    return date(day.year, 1, 1)
 
 
 def _check_windows(config: PipelineConfig) -> None:
@@ -228,7 +235,9 @@ def prepare_data(config: PipelineConfig, echo: Echo = print) -> tuple[pd.DataFra
     # Freshness only means something live; with an explicit anchor the bars must reach the anchor.
     live = config.settings.mode == "live"
     prices = validate_prices(prices, rules=rules, live=live, today=end if config.anchor is not None else None)
-    prices = prices.iloc[-config.rows_needed:].reset_index(drop=True)
+    if len(prices) > config.rows_needed:  # what the windows need, from the start of that year
+        first = pd.Timestamp(_year_start(prices["date"].iloc[-config.rows_needed]))
+        prices = prices.loc[prices["date"] >= first].reset_index(drop=True)
     anchor = prices["date"].iloc[-1].date()
     echo(f"[validate] ok: {len(prices)} rows used, {prices['date'].iloc[0].date()} .. {anchor} (anchor {anchor})")
     return prices, anchor

@@ -66,3 +66,21 @@ def test_per_day_log_loss_is_capped() -> None:
     losses = log_losses(np.array([1, 0, 1]), np.array([0.0, 0.0, 0.5]))
     assert losses[1] == pytest.approx(-np.log(1 - 1e-4)) and losses[2] == pytest.approx(np.log(2))
     assert losses[0] == pytest.approx(-np.log(1e-4))  # certain and wrong: costly, never infinite
+
+
+def test_a_week_later_the_pipeline_sees_bit_identical_rows_so_the_cache_hits(tmp_path: Path) -> None:
+    """Rolling features carry float rounding from the first bar: the data window must not start a
+    week later when the anchor moves a week (it starts on January 1), or no fold would ever hit."""
+    from contract.settings import TrainSettings
+    from ml.pipeline import PipelineConfig, build_dataset, prepare_data
+
+    settings = TrainSettings.load(data_source="synthetic:7", state_dir=tmp_path)
+    grid = Grid(candidates=(LOGREG,))
+    rows = []
+    for anchor in (date(2025, 6, 2), date(2025, 6, 9)):
+        config = PipelineConfig(settings, anchor=anchor)
+        prices, _ = prepare_data(config, echo=lambda _: None)
+        rows.append(build_dataset(prices, config, grid, echo=lambda _: None).regions.rows)
+    common = rows[0].index.intersection(rows[1].index)
+    assert len(common) > 4000
+    assert (rows[0].loc[common].to_numpy() == rows[1].loc[common].to_numpy()).all()
