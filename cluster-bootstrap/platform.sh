@@ -77,6 +77,12 @@ if ! curl -fsS --max-time 20 -u "$gitea_user:$gitea_password" "$repo_api/branche
   timeout 600 git -C "$seed/repo" -c http.extraHeader="Authorization: Basic $basic" push --quiet \
     "http://$WORKER_IP:$GITEA_NODE_PORT/$GITEA_OWNER/$GITEA_REPO.git" HEAD:refs/heads/main \
     || die "git push of the checkout to Gitea failed"
+else
+  # Seeded before (a re-provision): the lab runs the tag main names, not the checkout's
+  # newest commit (which control-plane.sh did not build this time).
+  image_tag=$(curl -fsS --max-time 20 -u "$gitea_user:$gitea_password" \
+    "$repo_api/raw/$IMAGE_COMPONENT?ref=main" | sed -n 's/^    newTag: "\(.*\)"$/\1/p') || image_tag=""
+  [ -n "$image_tag" ] || die "could not read newTag of $IMAGE_COMPONENT on main in Gitea"
 fi
 
 # The trainer's own account: not an admin, a collaborator with write access to this one
