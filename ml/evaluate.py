@@ -1,4 +1,7 @@
-"""Evaluation: time-ordered windows, metrics, naive baselines, champion re-scoring.
+"""Evaluation: metrics, time-ordered windows, naive baselines.
+
+The pipeline decides on walk-forward folds (``ml.folds``, ``ml.walkforward``); the one-window
+split below keeps the anchor semantics every fold follows, and its tests.
 
 Anchor semantics (see docs/pipeline.md): data up to and including the anchor date is
 visible. The evaluation window is the last ``eval_days`` *labelled* trading
@@ -148,20 +151,3 @@ def metrics_dict(scores: Scores, prefix: str = "") -> dict[str, float]:
         if value is not None and not (isinstance(value, float) and math.isnan(value)):
             out[prefix + key] = float(value)
     return out
-
-
-def score_champion(model: Any, trained_before: str, windows: Windows) -> tuple[Scores, str | None]:
-    """The pinned champion re-scored on this run's own evaluation window, and a warning if unfair.
-
-    ``trained_before`` is the champion's own ``eval_start`` tag: it was fitted on rows
-    before that date. If that is later than this window's start (an earlier ``--anchor``,
-    a restarted replay clock) it has seen part of this window: its scores are in-sample,
-    optimistic. The gate stays safe (the bar only rises) but the comparison is not like
-    for like, so the warning says so.
-    """
-    scores, _ = score_model(model, windows.eval)
-    warning = None
-    if trained_before > windows.eval_start.isoformat():
-        warning = (f"was trained on rows before {trained_before}, inside this run's evaluation window "
-                   f"{windows.eval_start}..{windows.eval_end}: its scores are optimistic")
-    return scores, warning

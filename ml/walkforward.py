@@ -20,8 +20,7 @@ import pandas as pd
 from contract.evidence import Comparison, Scores
 from contract.significance import GateSpec, paired_test
 from ml.evaluate import better, score
-from ml.features import LABEL
-from ml.folds import Fold, FoldRunner, Forecast, plan_folds, recipe_id, recipe_to_json, region_labels
+from ml.folds import Fold, FoldRunner, Forecast, log_losses, plan_folds, recipe_id, recipe_to_json, region_labels
 from ml.train import Candidate, Grid, fit, predict_up
 
 CLIMATOLOGY = Candidate("climatology", "climatology", {})
@@ -115,8 +114,6 @@ def comparison(evidence: Evidence, grid: Grid) -> Comparison:
     y = evidence.regions.y
     champion_loss = disagreements = None
     if evidence.champion_p is not None:
-        from ml.folds import log_losses
-
         champion_loss = log_losses(y, evidence.champion_p).tolist()
         calls = evidence.challenger.p_up.to_numpy() >= 0.5
         disagreements = int(np.sum(calls != (evidence.champion_p.to_numpy() >= 0.5)))
@@ -140,7 +137,3 @@ def baselines(evidence: Evidence) -> dict[str, Scores]:
         "climatology": score(y, evidence.climatology.p_up),
         "yesterday_direction": score(y, (rows["ret_1"] > 0).astype(float)),
     }
-
-
-def label_of(rows: pd.DataFrame) -> pd.Series:
-    return rows[LABEL].astype(int)
