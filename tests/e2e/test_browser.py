@@ -57,7 +57,7 @@ def test_the_links_primer_up_prints_open_runs_plots_and_versions(loop_repo: tupl
         experiment = next(u for u in links if re.search(r"#/experiments/\d+\?", u))
         run = next(u for u in links if "/runs/" in u)
         model = next(u for u in links if u.split("#/")[1].startswith(f"models/{MODEL_NAME}?"))
-        selected = re.search(r"best by validation \S+: (\S+)", printed)
+        selected = re.search(r"\[select\] challenger: (\S+)", printed)
         assert selected, printed
         # The first answer `primer up` prints is a fresh one, not the row stored at training time.
         answer = re.search(r"-> (\{.*\})", printed)
