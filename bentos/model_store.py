@@ -11,7 +11,6 @@ Any other store raises :class:`NotProxied`, and the caller falls back to MLflow.
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -74,16 +73,24 @@ def _download(http: httpx.Client, path: str) -> bytes:
 
 
 def _load_sklearn(http: httpx.Client, model_dir: str) -> Any:
-    """The estimator in an MLflow sklearn-flavour model saved with skops (as ml.tracking logs it)."""
+    """The estimator in an MLflow sklearn-flavour model, deserialised as MLflow's loader does.
+
+    The registry is trusted, as by MLflow's loader: every format runs code from the artifact
+    (skops included, whose trusted types come from the model's own MLmodel file).
+    """
     mlmodel = yaml.safe_load(_download(http, f"{model_dir}/MLmodel"))
     flavor = (mlmodel or {}).get("flavors", {}).get(SKLEARN_FLAVOR)
-    if not flavor or flavor.get("serialization_format") != "skops":
-        raise NotProxied(f"{model_dir}: not a skops-serialised sklearn model")
-    import skops.io
-
+    fmt = (flavor or {}).get("serialization_format", "pickle")
+    if not flavor or fmt not in ("cloudpickle", "pickle"):  # e.g. skops, used before: MLflow's client loads it
+        raise NotProxied(f"{model_dir}: not a sklearn model in a format this reader knows ({fmt})")
     data = _download(http, f"{model_dir}/{flavor['pickled_model']}")
-    # The same trust MLflow's loader gives: the types the model was logged with.
-    return skops.io.load(io.BytesIO(data), trusted=flavor.get("skops_trusted_types") or [])
+    if fmt == "cloudpickle":
+        import cloudpickle
+
+        return cloudpickle.loads(data)
+    import pickle
+
+    return pickle.loads(data)  # noqa: S301 - a trusted registry, as above
 
 
 def read_version(tracking_uri: str, version: int, features_artifact: str, timeout: float = 20) -> StoredVersion:

@@ -126,7 +126,23 @@ class Problem(BaseModel):
     detail: Any = None
 
 
-app = FastAPI(title="primer", description="SPY next-day direction, served from the pinned MLflow version")
+# FastAPI's own /docs page loads Swagger UI from a CDN, which a lab or an offline laptop
+# cannot reach (the page stayed blank): /docs below uses the copy BentoML serves itself.
+app = FastAPI(title="primer", description="SPY next-day direction, served from the pinned MLflow version",
+              docs_url=None, redoc_url=None)
+BENTOML_ASSETS = "/static_content"
+
+
+@app.get("/docs", include_in_schema=False)
+async def api_page() -> Response:
+    """Swagger UI of every route (the corrected /docs.json), POST /predict and the probes included."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    return get_swagger_ui_html(
+        openapi_url="/docs.json", title="primer API",
+        swagger_js_url=f"{BENTOML_ASSETS}/swagger-ui-bundle.js", swagger_css_url=f"{BENTOML_ASSETS}/swagger-ui.css",
+        swagger_favicon_url=f"{BENTOML_ASSETS}/favicon-light-32x32.png",
+    )
 
 
 @app.exception_handler(RequestValidationError)
@@ -263,7 +279,13 @@ def documented_openapi() -> dict[str, Any]:
     """
     global _OPENAPI
     if _OPENAPI is None:
+        from importlib.metadata import version
+
         spec = PrimerService.openapi_spec.asdict()  # type: ignore[attr-defined]
+        spec["info"] = {"title": app.title, "version": version("mlops-primer"), "description": (
+            f"{app.description}. `GET /predictionForTomorrow` answers from the published prediction; "
+            "`POST /predict` scores your own feature rows (batched); `GET /model` says what is served and why; "
+            "`/metrics` for Prometheus. Source: bentos/service.py.")}
         schemas = spec["components"]["schemas"]
         schemas["InvalidArgument"]["properties"]["detail"] = {
             "title": "Error Detail", "type": "array", "items": {"type": "object"},

@@ -3,7 +3,7 @@
 Contract (see docs/pipeline.md): one parent run per ``primer train`` holding the data
 window (dataset input + ``data/prices.csv``), the baselines, the champion's scores and
 ``evaluation.json``; one nested run per candidate. The selected candidate's run also
-holds the model (``model``: sklearn flavour saved with skops, pyfunc returns
+holds the model (``model``: sklearn flavour saved with cloudpickle, pyfunc returns
 probabilities), ``plots/`` and ``serving/latest_features.json``; it is registered as a
 new version of ``spy-direction`` with tags and the alias ``challenger``.
 
@@ -259,13 +259,6 @@ def git_sha(repo: Path) -> str:
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
 
 
-def skops_trusted_types(model: Any) -> list[str]:
-    """The types skops refuses to load by default for this model (e.g. sklearn.tree._tree.Tree)."""
-    import skops.io as sio
-
-    return sorted(sio.get_untrusted_types(data=sio.dumps(model)))
-
-
 def log_model(model: Any, example: pd.DataFrame) -> Any:
     """Log ``model`` as ``model`` in the active fluent run; returns MLflow's ModelInfo."""
     import mlflow.sklearn
@@ -280,8 +273,11 @@ def log_model(model: Any, example: pd.DataFrame) -> Any:
             signature=signature,
             input_example=X.head(3),
             pyfunc_predict_fn="predict_proba",
-            serialization_format="skops",
-            skops_trusted_types=skops_trusted_types(model),
+            # MLflow's default format. Loading any format MLflow offers runs code from the
+            # artifact (skops too: its trusted types are read from the model's own MLmodel),
+            # so the registry must be trusted either way; this one loads in a tenth of the
+            # time and memory skops takes to import (serving's cold start).
+            serialization_format="cloudpickle",
             # Explicit requirements: inferring them runs a subprocess that costs seconds per run.
             pip_requirements=model_requirements(),
         )
@@ -291,4 +287,4 @@ def model_requirements() -> list[str]:
     """What loading the model needs, pinned to the versions that trained it."""
     from importlib.metadata import version
 
-    return [f"{dist}=={version(dist)}" for dist in ("mlflow", "scikit-learn", "skops", "numpy", "pandas")]
+    return [f"{dist}=={version(dist)}" for dist in ("mlflow", "scikit-learn", "cloudpickle", "numpy", "pandas")]

@@ -8,6 +8,7 @@ the error's code. Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from typing import Any
@@ -17,8 +18,38 @@ import click
 from contract.errors import PrimerError
 from contract.settings import quiet_mlflow
 
+# Each subcommand's module, imported only when the command runs (or for `primer --help`):
+# `primer serve` must not pay for pandas, MLflow and git before it execs BentoML.
+SUBCOMMANDS = {
+    "pin": "primer.promotion_commands:pin_group",
+    "promote": "primer.promotion_commands:promote",
+    "rollback": "primer.promotion_commands:rollback",
+    "registry": "primer.promotion_commands:registry_group",
+    "status": "primer.promotion_commands:status",
+    "train": "primer.train_command:train_command",
+    "backtest": "primer.backtest_command:backtest",
+    "up": "primer.up:up_command",
+    "down": "primer.up:down_command",
+    "serve": "primer.serve_command:serve",
+    "data": "primer.data_command:data_group",
+}
+
 
 class PrimerGroup(click.Group):
+    """Lazy subcommands (click's documented pattern) and the one error style."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(SUBCOMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = SUBCOMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, name = target.split(":")
+        command = getattr(importlib.import_module(module), name)
+        assert isinstance(command, click.Command) and command.name == cmd_name, target
+        return command
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -52,19 +83,3 @@ def main(verbose: bool) -> None:
     for noisy in ("mlflow", "alembic", "urllib3", "httpx", "git"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
     quiet_mlflow()
-
-
-def _register() -> None:
-    """Attach subcommands (imported here so `primer --help` lists them all)."""
-    from primer.backtest_command import backtest
-    from primer.data_command import data_group
-    from primer.promotion_commands import COMMANDS as promotion_commands
-    from primer.serve_command import serve
-    from primer.train_command import train_command
-    from primer.up import down_command, up_command
-
-    for command in (*promotion_commands, train_command, backtest, up_command, down_command, serve, data_group):
-        main.add_command(command)
-
-
-_register()

@@ -168,7 +168,7 @@ def write_pin_text(path: Path, version: int | None | str) -> Path:
 # -- registered versions --------------------------------------------------------------------
 
 def register_tiny_version(tracking_uri: str, experiment_id: str, *, run_name: str = "candidate",
-                          tags: dict[str, str] | None = None) -> tuple[int, str]:
+                          tags: dict[str, str] | None = None, skops: bool = False) -> tuple[int, str]:
     """Log a tiny real sklearn model (fitted in milliseconds) in its own run and register it as a
     new version of spy-direction; returns (version, run_id). MLflow's fluent API, pointed at
     ``tracking_uri`` for the duration only (as ml.tracking does)."""
@@ -186,8 +186,10 @@ def register_tiny_version(tracking_uri: str, experiment_id: str, *, run_name: st
     y = (X.iloc[:, 0] > 0).astype(int)
     with env_restored("MLFLOW_TRACKING_URI"), _use_tracking_uri(tracking_uri):
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-            mlflow.sklearn.log_model(LogisticRegression().fit(X, y), name="model",
-                                     serialization_format="pickle", pip_requirements=["scikit-learn"])
+            fmt = {"serialization_format": "skops", "skops_trusted_types": []} if skops else {
+                "serialization_format": "pickle"}
+            mlflow.sklearn.log_model(LogisticRegression().fit(X, y), name="model", pip_requirements=["scikit-learn"],
+                                     **fmt)
         mv = mlflow.register_model(f"runs:/{run.info.run_id}/model", MODEL_NAME, tags=tags)
     return int(mv.version), run.info.run_id
 

@@ -198,18 +198,29 @@ def test_a_champion_without_a_recipe_is_scored_as_registered_and_flagged(mlflow_
 
 
 @pytest.mark.parametrize("family", ["climatology", "random_forest", "logistic_regression", "gradient_boosting"])
-def test_every_family_round_trips_through_skops(family: str, mlflow_server, market: pd.DataFrame):
-    """The trusted types passed to log_model are enough for mlflow.sklearn.load_model."""
+def test_every_family_round_trips_as_training_and_serving_load_it(family: str, mlflow_server,
+                                                                  market: pd.DataFrame):
+    """What log_model writes, MLflow's loader (training) and serving's REST reader load back."""
+    from bentos.model_store import read_version
+    from contract.names import LATEST_FEATURES_ARTIFACT
     from ml.train import fit
 
     tracker = registry.Tracker(mlflow_server.uri)
     cand = next(c for c in load_grid().candidates if c.family == family)
     w = split_windows(build_features(market.tail(400).reset_index(drop=True)), 60)
     model = fit(cand, w.train)
-    run_id = tracker.start_run(tracker.experiment_id("ml-tests-skops"), f"skops-{family}", {})
-    loaded = tracker.load_model(tracker.log_model(run_id, model, w.train))
+    run_id = tracker.start_run(tracker.experiment_id("ml-tests-formats"), f"format-{family}", {})
+    model_uri = tracker.log_model(run_id, model, w.train)
+    loaded = tracker.load_model(model_uri)
+    # A version with no alias, so the other tests' aliases on this shared server stay put.
+    if not tracker.client.search_registered_models(f"name = '{MODEL_NAME}'"):
+        tracker.client.create_registered_model(MODEL_NAME)
+    version = tracker.client.create_model_version(MODEL_NAME, source=model_uri, run_id=run_id,
+                                                  model_id=model_uri.removeprefix("models:/")).version
+    served = read_version(mlflow_server.uri, int(version), LATEST_FEATURES_ARTIFACT)
     X = w.eval.loc[:, list(FEATURE_COLUMNS)]
     assert np.allclose(loaded.predict_proba(X), model.predict_proba(X))
+    assert np.array_equal(served.estimator.predict_proba(X), model.predict_proba(X))
 
 
 def test_git_sha_of_a_checkout_and_outside_one(tmp_path: Path):

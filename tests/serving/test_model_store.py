@@ -45,11 +45,12 @@ def test_serving_loads_a_version_without_importing_mlflow(mlflow_server: Any, tr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [trained, True, False]
 
 
-def test_a_model_not_saved_with_skops_is_loaded_through_mlflow(mlflow_server: Any) -> None:
+def test_a_format_the_reader_does_not_know_is_loaded_through_mlflow(mlflow_server: Any) -> None:
     from ml.tracking import Tracker
 
-    version, run_id = register_tiny_version(mlflow_server.uri, Tracker(mlflow_server.uri).experiment_id("store"))
-    model = load_served_model(mlflow_server.uri, version)  # pickled: model_store declines, MLflow loads it
+    version, run_id = register_tiny_version(mlflow_server.uri, Tracker(mlflow_server.uri).experiment_id("store"),
+                                            skops=True)  # the format versions had before cloudpickle
+    model = load_served_model(mlflow_server.uri, version)  # model_store declines, MLflow's client loads it
     assert model.run_id == run_id and model.stored_row is None
     assert 0 <= model.p_up_rows(pd.DataFrame([dict.fromkeys(FEATURE_COLUMNS, 0.1)]))[0] <= 1
 
