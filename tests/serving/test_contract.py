@@ -78,3 +78,13 @@ def test_project_dependencies_cover_every_package_the_service_code_imports() -> 
                if not {d.lower().replace("_", "-") for d in dists.get(top, [top])} & provided}
     assert {"mlflow", "pandas", "tenacity", "yfinance"} <= third_party  # the walk reached ml.data and the loader
     assert not missing, f"pyproject.toml's dependencies lack {missing}"
+
+
+def test_primer_serve_loads_no_pipeline_code_before_it_execs_bentoml() -> None:
+    """`primer serve` resolves only its own subcommand: pandas, MLflow and git are not imported
+    (they made the wrapper hold ~117 MB and slowed every cold start)."""
+    code = ("import sys, click, primer.cli as c; "
+            "c.main.get_command(click.Context(c.main), 'serve'); "
+            "print(sorted(m for m in ('pandas', 'mlflow', 'git', 'sklearn', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
