@@ -99,7 +99,7 @@ retry 30 2 curl -fsS --max-time 5 "http://$CONTROL_PLANE_IP:$REGISTRY_PORT/v2/" 
 log "BuildKit $BUILDKIT_VERSION (builds the project image inside the VM, no Docker)"
 cache=/var/cache/primer-bootstrap
 if [ "$(/usr/local/bin/buildkitd --version 2>/dev/null | awk '{print $3}')" != "v$BUILDKIT_VERSION" ]; then
-  download "$BUILDKIT_URL" "$cache/buildkit-$BUILDKIT_VERSION.tar.gz"
+  download_verified "$BUILDKIT_URL" "$cache/buildkit-$BUILDKIT_VERSION.tar.gz" "$BUILDKIT_CHECKSUM_URL"
   tar -C /usr/local -xzf "$cache/buildkit-$BUILDKIT_VERSION.tar.gz"
 fi
 mkdir -p /etc/buildkit

@@ -44,6 +44,39 @@ download() {
   mv "$dest.part" "$dest"
 }
 
+# published_sha256 CHECKSUM_FILE NAME: the SHA-256 a release publishes for its asset NAME.
+# Two formats: `sha256sum` output ("<hex>  NAME" or "<hex> *NAME"; containerd, runc) and
+# an in-toto statement whose subject names NAME (BuildKit's <asset>.provenance.json).
+published_sha256() {
+  local sums=$1 name=$2
+  if [[ "$sums" == *.json ]]; then
+    jq -r --arg name "$name" \
+      '.subject[]? | select((.name | split("/") | last) == $name) | .digest.sha256 // empty' "$sums"
+  else
+    awk -v name="$name" '{ f = $2; sub(/^\*/, "", f); sub(/.*\//, "", f) } f == name { print $1 }' "$sums"
+  fi
+}
+
+# download_verified URL DEST CHECKSUM_URL: download URL (as `download`) and check it, cached
+# copy included, against the checksum its release publishes beside it (both URLs pinned in
+# versions.env). A mismatch deletes DEST and stops the provisioning.
+download_verified() {
+  local url=$1 dest=$2 sums_url=$3 name sums expected
+  name=$(basename "$url")
+  sums="$dest.${sums_url##*.}"
+  download "$sums_url" "$sums"
+  expected=$(published_sha256 "$sums" "$name")
+  if ! [[ "$expected" =~ ^[0-9a-f]{64}$ ]]; then
+    rm -f "$sums"
+    die "no single SHA-256 for $name in $sums_url (found: '${expected//$'\n'/ }')"
+  fi
+  download "$url" "$dest"
+  if ! printf '%s  %s\n' "$expected" "$dest" | sha256sum --check --strict --quiet - >&2; then
+    rm -f "$dest" "$sums"
+    die "checksum mismatch: $url is not the file $sums_url describes (deleted; provision again to retry)"
+  fi
+}
+
 # Use the admin kubeconfig: local on the control plane, shared folder elsewhere.
 use_admin_kubeconfig() {
   if [ -r /etc/kubernetes/admin.conf ]; then

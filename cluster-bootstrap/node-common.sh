@@ -36,10 +36,10 @@ log "containerd $CONTAINERD_VERSION and runc $RUNC_VERSION (release binaries, pi
 cache=/var/cache/primer-bootstrap
 mkdir -p "$cache"
 if [ "$(/usr/local/bin/containerd --version 2>/dev/null | awk '{print $3}')" != "v$CONTAINERD_VERSION" ]; then
-  download "$CONTAINERD_URL" "$cache/containerd-$CONTAINERD_VERSION.tar.gz"
+  download_verified "$CONTAINERD_URL" "$cache/containerd-$CONTAINERD_VERSION.tar.gz" "$CONTAINERD_CHECKSUM_URL"
   tar -C /usr/local -xzf "$cache/containerd-$CONTAINERD_VERSION.tar.gz"
 fi
-download "$RUNC_URL" "$cache/runc-$RUNC_VERSION"
+download_verified "$RUNC_URL" "$cache/runc-$RUNC_VERSION" "$RUNC_CHECKSUM_URL"
 install -m 0755 "$cache/runc-$RUNC_VERSION" /usr/local/sbin/runc
 download "$CONTAINERD_SERVICE_URL" "$cache/containerd-$CONTAINERD_VERSION.service"
 install -D -m 0644 "$cache/containerd-$CONTAINERD_VERSION.service" /usr/local/lib/systemd/system/containerd.service
