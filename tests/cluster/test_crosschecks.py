@@ -30,6 +30,7 @@ NOT_SET_IN_CLUSTER = {
     "PRIMER_REPO_DIR": "the trainer works in temporary clones of PRIMER_GIT_REMOTE; "
                        "the image's /app is the repository root for everything else",
     "PRIMER_TRAIN_YEARS": "the default training window (10 years) fits the lab",
+    "PRIMER_EVAL_DAYS": "the gate's default, 1,000 walk-forward days (promotion/policy.yaml's rates assume it)",
     "PRIMER_CANDIDATES_FILE": "the packaged candidate grid (ml/candidates.yaml)",
     "PRIMER_SERVICE_URL": "`primer status` run from a workstation",
     "PRIMER_POLICY_FILE": "the gate policy promotion/policy.yaml ships in the image",
