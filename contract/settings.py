@@ -2,12 +2,14 @@
 
 One typed settings object per entry point, read once at the start and passed down:
 
-=========================  ===============================================
-``TrainSettings``          ``primer train`` (and the CronJob that runs it)
-``PromotionSettings``      ``primer promote | rollback | status | pin | registry``
+=========================  ===============================================================
+``TrainSettings``          ``primer train`` (and the CronJob that runs it), ``primer backtest``
+``PromotionSettings``      ``primer promote | rollback | status | pin check``,
+                           ``primer registry sync | prune`` (the PostSync hook, the prune CronJob)
+``DataSettings``           ``primer data fetch`` (the training Job's init container)
 ``ServingSettings``        the BentoML service (``primer serve``, the Deployment)
 ``LocalSettings``          ``primer up`` / ``primer down``
-=========================  ===============================================
+=========================  ===============================================================
 
 Variables are ``PRIMER_<FIELD>`` except the standard ``MLFLOW_TRACKING_URI``. An empty
 value counts as unset (a manifest may set ``""``). A bad value is a :class:`SettingsError`
@@ -146,8 +148,12 @@ class StateSettings(RepoSettings):
 class DataSettings(_Settings):
     """Where market data comes from (training and serving)."""
 
+    entry_point: ClassVar[str] = "primer data fetch (the training Job's init container)"
+
     data_source: str = Field(
-        "yfinance", description="Market data: `yfinance`, `csv:PATH`, `synthetic` or `synthetic:SEED`.",
+        "yfinance",
+        description="Market data: `yfinance`, `csv:PATH`, `synthetic`, `synthetic:SEED` or "
+                    "`synthetic:SEED:SIGNAL` (a planted signal of known strength, for tests).",
     )
     synthetic_seed: int = Field(42, description="Seed of `synthetic` data when the spec names none.")
 
@@ -191,7 +197,8 @@ class ReplaySettings(_Settings):
 class PromotionSettings(RepoSettings):
     """The gate's policy file, git and the forge API (Gitea or GitHub)."""
 
-    entry_point: ClassVar[str] = "primer promote / rollback / status / pin check / registry sync; primer train"
+    entry_point: ClassVar[str] = ("primer promote / rollback / status / pin check / registry sync / registry prune; "
+                                  "primer train")
 
     policy_file: Path | None = Field(
         None, description=f"The gate policy. Default: `<repo>/{POLICY_PATH}`, else the packaged copy.",
@@ -225,7 +232,7 @@ class PromotionSettings(RepoSettings):
 class TrainSettings(PromotionSettings, StateSettings, DataSettings, ReplaySettings):
     """``primer train``: the pipeline, then the promotion step."""
 
-    entry_point: ClassVar[str] = "primer train (the training CronJob)"
+    entry_point: ClassVar[str] = "primer train (the training CronJob), primer backtest"
     cli_options: ClassVar[dict[str, str]] = {
         "data_source": "--source", "eval_days": "--eval-days", "train_years": "--train-years",
         "candidates_file": "--candidates",
@@ -288,7 +295,8 @@ class LocalSettings(StateSettings, DataSettings):
     entry_point: ClassVar[str] = "primer up / primer down"
 
 
-ENTRY_POINTS: tuple[type[_Settings], ...] = (TrainSettings, PromotionSettings, ServingSettings, LocalSettings)
+ENTRY_POINTS: tuple[type[_Settings], ...] = (TrainSettings, PromotionSettings, DataSettings, ServingSettings,
+                                             LocalSettings)
 
 
 def child_env(**extra: str) -> dict[str, str]:
