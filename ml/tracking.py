@@ -199,8 +199,10 @@ class Tracker:
 
         from mlflow.data.http_dataset_source import HTTPDatasetSource
 
-        if not self.uri.startswith(("http://", "https://")):
-            return source
+        if not self.uri.startswith(("http://", "https://")):  # a database URI: the artifact store's own URI
+            # (not the source spec: MLflow resolves a string source by its scheme, and `synthetic:7:1.0` has none)
+            artifacts = self.client.get_run(run_id).info.artifact_uri.rstrip("/")
+            return f"{artifacts}/{DATA_ARTIFACT_DIR}/{DATA_ARTIFACT_FILE}"
         query = urlencode({"path": f"{DATA_ARTIFACT_DIR}/{DATA_ARTIFACT_FILE}", "run_uuid": run_id})
         return HTTPDatasetSource(url=f"{self.uri.rstrip('/')}/get-artifact?{query}")
 

@@ -147,3 +147,19 @@ def test_unloadable_champion_is_reported_not_fatal(trainer_factory, mlflow_serve
     parent = client.get_run(client.get_run(version.run_id).data.tags["mlflow.parentRunId"])
     assert parent.data.tags["champion_version"] == "99999"
     assert not any(k.startswith("champion_") for k in parent.data.metrics)
+
+
+def test_any_source_spec_trains_against_a_database_tracking_uri(trainer_factory, fast_grid: Path,
+                                                                 tmp_path: Path) -> None:
+    """MLFLOW_TRACKING_URI=sqlite:///...: the dataset input points at the window's CSV artifact.
+    It used to be the source spec itself, which MLflow cannot resolve once it has a colon."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    train = trainer_factory(uri)
+    result = train("--source", "synthetic:7:1.0", "--train-years", "1", "--eval-days", "60", "--candidates",
+                   str(fast_grid), "--no-promote")
+    assert result.exit_code == 0, result.output
+    assert train.last is not None and train.last.evaluation is not None
+    run = MlflowClient(uri).get_run(train.last.evaluation.parent_run_id)
+    assert run.inputs.dataset_inputs, "the data window is not the run's dataset input"
+    source = run.inputs.dataset_inputs[0].dataset.source
+    assert "data/prices.csv" in source, source
