@@ -14,6 +14,7 @@ active run): those run inside :meth:`Tracker._fluent`, which puts the global bac
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -261,9 +262,18 @@ def git_sha(repo: Path) -> str:
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
 
 
+def _not_the_pickle_caution(record: logging.LogRecord) -> bool:
+    # The format is chosen on purpose (see log_model); the caution would print on every run.
+    return "pickle or cloudpickle format" not in record.getMessage()
+
+
 def log_model(model: Any, example: pd.DataFrame) -> Any:
     """Log ``model`` as ``model`` in the active fluent run; returns MLflow's ModelInfo."""
     import mlflow.sklearn
+
+    sklearn_log = logging.getLogger("mlflow.sklearn")
+    if _not_the_pickle_caution not in sklearn_log.filters:
+        sklearn_log.addFilter(_not_the_pickle_caution)
 
     X = example.loc[:, list(FEATURE_COLUMNS)].astype(float)
     signature = infer_signature(X, model.predict_proba(X))

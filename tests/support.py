@@ -121,6 +121,15 @@ def running_mlflow(root: Path, backend_uri: str | None = None, stop_timeout: flo
 
 # -- the environment ------------------------------------------------------------------------
 
+def as_in_a_terminal() -> None:
+    """``preexec_fn`` for a child that a test interrupts with Ctrl-C (SIGINT): the default
+    disposition, as in a terminal. A test run started in the background (``.ci/run &``)
+    inherits SIGINT *ignored*, and Python then never raises KeyboardInterrupt."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def is_primer_setting(name: str) -> bool:
     """A variable that configures this project: PRIMER_* or MLflow's MLFLOW_TRACKING_URI."""
     return name.startswith("PRIMER_") or name == "MLFLOW_TRACKING_URI"

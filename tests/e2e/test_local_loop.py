@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 
 from contract.names import CHAMPION_ALIAS, MODEL_NAME, PIN_PATH, promotion_branch
 from contract.pin import read_pin, write_pin
-from tests.support import console_script, free_port, port_in_use
+from tests.support import as_in_a_terminal, console_script, free_port, port_in_use
 
 SEED_KEYS = {"prediction", "confidence", "threshold", "model_source", "model_alias"}
 
@@ -172,7 +172,8 @@ def test_ctrl_c_during_up_stops_what_it_started(loop_repo: tuple[Path, dict[str,
     # Its own process group, like a shell's foreground job: Ctrl-C signals the whole group.
     proc = subprocess.Popen([console_script("primer"), "up", "--offline", "--mlflow-port", str(mlflow_port),
                              "--port", str(free_port())], cwd=repo, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=as_in_a_terminal)
     try:
         deadline = time.monotonic() + 120
         state = repo / ".primer"

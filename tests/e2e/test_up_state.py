@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from tests.e2e.test_local_loop import _primer
-from tests.support import console_script, free_port, port_in_use, stop_process
+from tests.support import as_in_a_terminal, console_script, free_port, port_in_use, stop_process
 
 pytestmark = pytest.mark.slow
 Procs = list[subprocess.Popen]
@@ -176,7 +176,7 @@ def test_up_beside_another_checkouts_up_starts_its_own_servers(
     with open(out, "w") as fh:
         up = subprocess.Popen([console_script("primer"), "up", "--offline", "--mlflow-port", str(mlflow_port),
                                "--port", str(free_port())], cwd=repo, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                              text=True, start_new_session=True)
+                              text=True, start_new_session=True, preexec_fn=as_in_a_terminal)
     try:
         deadline = time.monotonic() + 120
         while True:
