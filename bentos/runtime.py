@@ -19,7 +19,10 @@ reads that reference: no model work, no data work and no lock on the request pat
 from __future__ import annotations
 
 import gc
+import json
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +30,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from bentos.prediction_log import PredictionLog
+from contract import prediction_log as logged
 from contract.names import LATEST_FEATURES_ARTIFACT, MODEL_NAME
 from contract.pin import PinError, parse_pin
 from contract.registry import public_uri
@@ -181,10 +186,12 @@ class Runtime:
     model: LoadedModel | None = None
     features: FetchedRow | None = None
     answer: Answer | None = None
+    prediction_log: PredictionLog | None = None  # records each published answer once, off the request path
     _status: _Status = field(default_factory=_Status)
     _pin_text: str | None = None
     _pin_seen: bool = False
     _p_cache: dict[tuple[int, date, bytes], float] = field(default_factory=dict)  # (version, as_of, row)
+    _logged: set[tuple[int, date]] = field(default_factory=set)  # queued by this process (the store dedups too)
     _publish_lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _wake_features: threading.Event = field(default_factory=threading.Event)
@@ -197,10 +204,14 @@ class Runtime:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+        if self.prediction_log is not None:
+            self.prediction_log.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._wake_features.set()
+        if self.prediction_log is not None:
+            self.prediction_log.stop()
 
     @property
     def ready(self) -> bool:
@@ -375,6 +386,19 @@ class Runtime:
                 as_of=as_of.isoformat(),
                 stale=not fresh,
             )
+            self._record(model.version, as_of, frame, self.answer)
+
+    def _record(self, version: int, as_of: date, frame: Any, answer: Answer) -> None:
+        """Queue the answer for the prediction log, once per (version, as_of) in this process."""
+        if self.prediction_log is None or (version, as_of) in self._logged:
+            return
+        self._logged = {k for k in self._logged if k[0] == version} | {(version, as_of)}
+        row = {str(column): float(value) for column, value in frame.iloc[0].items()}
+        self.prediction_log.record({
+            logged.MODEL_VERSION: version, logged.AS_OF: as_of, logged.P_UP: answer.confidence,
+            logged.STALE: answer.stale, logged.FEATURES: json.dumps(row),
+            logged.PUBLISHED_AT: datetime.now(UTC), logged.HOST: socket.gethostname(), logged.PID: os.getpid(),
+        })
 
     # -- reporting -----------------------------------------------------------------
     def _ui_link(self, version: int | None) -> str | None:
@@ -403,4 +427,5 @@ class Runtime:
             "as_of": answer.as_of if answer else None,
             "stale": answer.stale if answer else None,
             "feature_error": st.feature_error,
+            "prediction_log": self.prediction_log.status() if self.prediction_log is not None else None,
         }

@@ -29,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from bentos.prediction_log import PredictionLog
 from bentos.runtime import Answer, Runtime, log
 from contract.names import CHAMPION_ALIAS, MODEL_NAME
 
@@ -103,6 +104,14 @@ class Prediction(BaseModel):
     )
 
 
+class PredictionLogInfo(BaseModel):
+    url: str = Field(description="the store, without credentials")
+    pending: int = Field(description="answers queued, not yet in the store")
+    written: int = Field(description="answers handed to the store (ones another process recorded first included)")
+    dropped: int = Field(description="answers lost because the queue overflowed while the store was down")
+    last_error: str | None = Field(description="why the last write failed; null once writing works")
+
+
 class ModelInfo(BaseModel):
     model_name: str
     model_version: str | None
@@ -119,6 +128,7 @@ class ModelInfo(BaseModel):
     as_of: str | None
     stale: bool | None
     feature_error: str | None
+    prediction_log: PredictionLogInfo | None = Field(description="null when PRIMER_PREDICTION_LOG is empty")
 
 
 class Problem(BaseModel):
@@ -351,8 +361,28 @@ class PrimerService:
         self._timers: dict[tuple[str, str], Any] = {}
         from contract.settings import ServingSettings
 
-        self.runtime = Runtime(ServingSettings.load())
+        settings = ServingSettings.load()
+        self.runtime = Runtime(settings, prediction_log=self._prediction_log(settings.prediction_log))
         self.runtime.start()  # returns at once; loading happens in the background
+
+    def _prediction_log(self, url: str) -> PredictionLog | None:
+        """The log of published answers with its metrics, or None when PRIMER_PREDICTION_LOG is empty."""
+        if not url:
+            return None
+        from prometheus_client import Counter, Gauge
+
+        written = Counter("primer_prediction_log_written", "Published answers handed to the prediction log's store")
+        dropped = Counter("primer_prediction_log_dropped",
+                          "Published answers dropped because the prediction log's queue overflowed")
+        pending = Gauge("primer_prediction_log_pending", "Published answers queued for the prediction log's store",
+                        multiprocess_mode="livesum")
+
+        def observe(n_written: int, n_dropped: int, n_pending: int) -> None:
+            written.inc(n_written)
+            dropped.inc(n_dropped)
+            pending.set(n_pending)
+
+        return PredictionLog(url, observer=observe)
 
     def _version_label(self, version: str, known: dict[tuple[str, str], Any]) -> str:
         versions = {v for v, _ in known}

@@ -271,6 +271,11 @@ class ServingSettings(RepoSettings, DataSettings):
     feature_ttl_seconds: float = Field(
         3600.0, gt=0, description="How long a fetched feature row counts as fresh (a new UTC day always refetches).",
     )
+    prediction_log: str = Field(
+        "", description="Where every published answer is recorded once per (model version, as_of): a SQLAlchemy "
+                        "URL, `sqlite:///PATH` or `postgresql://...`. Empty: not recorded. `primer up` sets "
+                        "`sqlite:///<state dir>/predictions.db`.",
+    )
     bentoml_home: Path | None = Field(
         None, validation_alias="BENTOML_HOME",
         description="BentoML's home (its Prometheus folder lives there). Default for `primer serve`: one per port "

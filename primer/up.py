@@ -30,7 +30,7 @@ from contract import ui as ui_links
 from contract.errors import PrimerError
 from contract.names import EXPERIMENT_NAME, MLFLOW_PORT, MODEL_NAME, SERVING_PORT
 from contract.pin import read_pin
-from contract.settings import LocalSettings, child_env
+from contract.settings import LocalSettings, ServingSettings, child_env
 from contract.ui import ui_base
 from primer.processes import (
     ServerError,
@@ -49,6 +49,7 @@ SERVING_READY_TIMEOUT = 120.0
 RESUME_READY_TIMEOUT = 10.0
 # How long the summary waits for an answer from fresh market data (not the stored row).
 FRESH_ANSWER_TIMEOUT = 20.0
+PREDICTION_LOG_VAR = ServingSettings.env_name("prediction_log")
 STATE_VAR = LocalSettings.env_name("state_dir")  # set for the service: how `up` and `down` recognise it
 
 
@@ -79,6 +80,8 @@ def plan(settings: LocalSettings, *, offline: bool = False, source: str | None =
     env = {"PRIMER_FORGE": "none", **child_env(**extra, PRIMER_PIN_WATCH="true")}
     if offline or source:
         env["PRIMER_DATA_SOURCE"] = source or "synthetic"
+    # The service records its answers next to MLflow's database (a value the user set wins).
+    env.setdefault(PREDICTION_LOG_VAR, f"sqlite:///{state_dir / 'predictions.db'}")
     return Plan(settings, repo, state_dir, tracking_uri, mlflow_port, port, env)
 
 

@@ -36,6 +36,7 @@ NOT_SET_IN_CLUSTER = {
     "PRIMER_POLICY_FILE": "the gate policy promotion/policy.yaml ships in the image",
     "PRIMER_PIN_POLL_SECONDS": "unused in the cluster: PRIMER_PIN_WATCH is false (a new pin rolls the Deployment)",
     "PRIMER_FEATURE_TTL_SECONDS": "serving default (3600 s)",
+    "PRIMER_PREDICTION_LOG": "not wired yet (issue 13): the service will log to the cluster's PostgreSQL",
 }
 
 # Set by bootstrap-created objects (never in git), referenced from the manifests.
