@@ -61,10 +61,16 @@ def build_features(prices: pd.DataFrame) -> pd.DataFrame:
     forced to DOWN. Use :func:`labeled` for training and evaluation.
     """
     frame = _feature_frame(prices)
-    close = pd.Series(prices["close"].astype(float).to_numpy(), index=frame.index)
-    nxt = close.shift(-1)
-    frame[LABEL] = np.where(nxt.isna(), np.nan, (nxt > close).astype(float))
+    frame[LABEL] = next_day_labels(prices).to_numpy()
     return frame.iloc[WARMUP_ROWS - 1 :].dropna(subset=list(FEATURE_COLUMNS))
+
+
+def next_day_labels(prices: pd.DataFrame) -> pd.Series:
+    """The label of every bar, indexed by date: 1.0 if the next close is higher, 0.0 if not, NaN if unknown."""
+    index = pd.DatetimeIndex(prices["date"], name="date")
+    close = pd.Series(prices["close"].astype(float).to_numpy(), index=index)
+    nxt = close.shift(-1)
+    return pd.Series(np.where(nxt.isna(), np.nan, (nxt > close).astype(float)), index=index, name=LABEL)
 
 
 def labeled(features: pd.DataFrame) -> pd.DataFrame:

@@ -32,6 +32,7 @@ SUBCOMMANDS = {
     "down": "primer.up:down_command",
     "serve": "primer.serve_command:serve",
     "data": "primer.data_command:data_group",
+    "monitor": "primer.monitor_command:monitor",
 }
 
 

@@ -1,0 +1,116 @@
+"""`primer monitor`: answers written through the service's own log writer, scored against
+the prices, every metric checked against sklearn on labels computed here from the closes."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, brier_score_loss, log_loss
+
+from bentos.prediction_log import PredictionLog
+from contract import prediction_log as schema
+from ml import monitor
+from ml.data import load_prices
+from ml.features import FEATURE_COLUMNS, build_features
+from primer.cli import main as primer
+from tests.support import scrub_environ
+
+SOURCE = "synthetic:7"
+
+
+def _write_log(url: str, prices: pd.DataFrame, answers: dict[int, list[int]], rng: np.random.Generator
+               ) -> dict[int, dict[int, float]]:
+    """Answers of each version on the given bar positions, written by the service's writer; {version: {pos: p}}."""
+    features = build_features(prices)
+    plog = PredictionLog(url)
+    given: dict[int, dict[int, float]] = {}
+    for version, positions in answers.items():
+        for pos in positions:
+            day = prices["date"].iloc[pos]
+            p = float(rng.uniform(0.3, 0.7))
+            row = {c: float(features.loc[day, c]) for c in FEATURE_COLUMNS}
+            plog.record({schema.MODEL_VERSION: version, schema.AS_OF: day.date(), schema.P_UP: p,
+                         schema.STALE: False, schema.FEATURES: json.dumps(row),
+                         schema.PUBLISHED_AT: datetime.now(UTC), schema.HOST: "test", schema.PID: 1})
+            given.setdefault(version, {})[pos] = p
+    assert plog.flush() and plog.written == sum(len(v) for v in answers.values())
+    return given
+
+
+def _expected(close: np.ndarray, answered: dict[int, float]) -> dict[str, Any]:
+    """The metrics computed independently: labels and climatology straight from the closes."""
+    scored = [pos for pos in sorted(answered) if pos + 1 < len(close)]
+    y = np.array([int(close[pos + 1] > close[pos]) for pos in scored])
+    p = np.array([answered[pos] for pos in scored])
+    # Climatology at as_of pos: up-rate of the moves known then, j -> j+1 for j + 1 <= pos.
+    clim = np.array([np.mean(close[1 : pos + 1] > close[:pos]) for pos in scored])
+    assert 0 < y.sum() < len(y), "both outcomes must occur for the check to mean something"
+    pred = (p >= 0.5).astype(int)
+    return {"scored days": len(scored), "log loss": log_loss(y, p, labels=[0, 1]),
+            "Brier": brier_score_loss(y, p), "accuracy": accuracy_score(y, pred),
+            "bal. accuracy": balanced_accuracy_score(y, pred),
+            "climatology log loss": log_loss(y, clim, labels=[0, 1]),
+            "always-UP accuracy": accuracy_score(y, np.ones(len(y), dtype=int))}
+
+
+def _table(output: str) -> dict[int, list[float]]:
+    rows = [line.split() for line in output.splitlines() if line.strip()[:1].isdigit()]
+    return {int(r[0]): [float(x) for x in r[1:]] for r in rows}
+
+
+def test_monitor_scores_each_version_against_the_realized_closes(monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    scrub_environ(monkeypatch)
+    url = f"sqlite:///{tmp_path / 'predictions.db'}"
+    monkeypatch.setenv("PRIMER_PREDICTION_LOG", url)
+    monkeypatch.setenv("PRIMER_DATA_SOURCE", SOURCE)
+    prices = load_prices(SOURCE)
+    n = len(prices)
+    # Version 1 answered 40 days, then version 2 took over up to the last bar (not scorable yet).
+    answers = {1: list(range(n - 60, n - 20)), 2: list(range(n - 25, n))}
+    given = _write_log(url, prices, answers, np.random.default_rng(3))
+
+    r = CliRunner().invoke(primer, ["monitor"])
+    assert r.exit_code == 0, r.output
+    table = _table(r.output)
+    assert sorted(table) == [1, 2]
+    close = prices["close"].astype(float).to_numpy()
+    for version, answered in given.items():
+        expected = _expected(close, answered)
+        got = table[version]
+        assert got[0] == expected["scored days"]
+        for value, (name, want) in zip(got[1:], list(expected.items())[1:], strict=True):
+            assert value == pytest.approx(want, abs=6e-4), (version, name)
+    assert table[1][0] == 40 and table[2][0] == 24  # version 2's answer on the last bar waits
+    # The printed table is rounded: the scores behind it match to floating-point precision.
+    reports = {r.model_version: r for r in monitor.score_log(monitor.read_log(url), prices)}
+    for version, answered in given.items():
+        expected, report = _expected(close, answered), reports[version]
+        got_exact = [report.model.log_loss, report.model.brier, report.model.accuracy,
+                     report.model.balanced_accuracy, report.climatology.log_loss, report.always_up.accuracy]
+        assert got_exact == pytest.approx(list(expected.values())[1:], rel=1e-9, abs=1e-12), version
+    assert "version 2: 1 answer(s) wait for their next close" in r.output
+
+
+def test_monitor_without_a_log_fails_in_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    scrub_environ(monkeypatch)
+    monkeypatch.setenv("PRIMER_DATA_SOURCE", SOURCE)
+    r = CliRunner().invoke(primer, ["monitor"])
+    assert r.exit_code != 0
+    lines = r.stderr.strip().splitlines() if hasattr(r, "stderr") else r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "PRIMER_PREDICTION_LOG" in lines[0], r.output
+
+
+def test_monitor_with_an_unreachable_log_names_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    scrub_environ(monkeypatch)
+    monkeypatch.setenv("PRIMER_PREDICTION_LOG", f"sqlite:///{tmp_path / 'missing-dir' / 'log.db'}")
+    r = CliRunner().invoke(primer, ["monitor"])
+    assert r.exit_code != 0
+    assert "error: prediction log" in r.output and "unreachable" in r.output, r.output
