@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from contract.errors import SettingsError
 from contract.evidence import METRICS, Evaluation, improvement, paired_tests
@@ -53,11 +53,12 @@ class Policy(BaseModel):
     def gate(self) -> GateSpec:
         return GateSpec(test=self.test, level=self.level, min_effect=self.min_effect)
 
-    @field_validator("test", mode="before")
+    @field_validator("metric", "test", mode="before")
     @classmethod
-    def _known_test(cls, value: Any) -> Any:
-        if value not in TESTS:
-            raise ValueError(f"test {value!r} is not one of {', '.join(TESTS)}")
+    def _known_choice(cls, value: Any, info: ValidationInfo) -> Any:
+        choices = {"metric": METRICS, "test": TESTS}[str(info.field_name)]
+        if value not in choices:
+            raise ValueError(f"{info.field_name} {value!r} is not one of {', '.join(choices)}")
         return value
 
     @field_validator("level", mode="before")
@@ -67,25 +68,11 @@ class Policy(BaseModel):
             raise ValueError(f"level must be a number between 0 and 0.5, got {value!r}")
         return value
 
-    @field_validator("min_effect", mode="before")
+    @field_validator("min_improvement", "min_effect", mode="before")
     @classmethod
-    def _effect_non_negative(cls, value: Any) -> Any:
+    def _non_negative(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"min_effect must be a number >= 0, got {value!r}")
-        return value
-
-    @field_validator("metric", mode="before")
-    @classmethod
-    def _known_metric(cls, value: Any) -> Any:
-        if value not in METRICS:
-            raise ValueError(f"metric {value!r} is not one of {', '.join(METRICS)}")
-        return value
-
-    @field_validator("min_improvement", mode="before")
-    @classmethod
-    def _non_negative(cls, value: Any) -> Any:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"min_improvement must be a number >= 0, got {value!r}")
+            raise ValueError(f"{info.field_name} must be a number >= 0, got {value!r}")
         return value
 
     @field_validator("min_eval_days", mode="before")
