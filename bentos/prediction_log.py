@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from contract import prediction_log as schema
+from contract.errors import one_line
 from contract.registry import public_uri
 
 log = logging.getLogger("bentoml.primer")
@@ -29,11 +30,6 @@ FIRST_BACKOFF_SECONDS = 0.5
 
 # (written, dropped, pending): entries newly in the store, newly dropped, and still queued.
 Observer = Callable[[int, int, int], None]
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
 
 
 class PredictionLog:
@@ -113,8 +109,8 @@ class PredictionLog:
             except Exception as exc:  # any failure of the store: the entries wait for the next attempt
                 if self.last_error is None:
                     log.warning("prediction log %s: write failed, %d entries kept for a retry: %s",
-                                public_uri(self.url), self.pending, _short(exc))
-                self.last_error = _short(exc)
+                                public_uri(self.url), self.pending, one_line(exc))
+                self.last_error = one_line(exc)
                 return False
             last = batch[-1][0]
             with self._lock:  # entries dropped meanwhile are gone from the head: remove only what was written

@@ -32,6 +32,7 @@ from typing import Any
 
 from bentos.prediction_log import PredictionLog
 from contract import prediction_log as logged
+from contract.errors import one_line
 from contract.names import LATEST_FEATURES_ARTIFACT, MODEL_NAME
 from contract.pin import PinError, parse_pin
 from contract.registry import public_uri
@@ -172,11 +173,6 @@ def fetch_tomorrow_row(data_source: str, today: date) -> tuple[Any, date]:
     return tomorrow_row(prices)
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
-
-
 @dataclass
 class Runtime:
     settings: ServingSettings
@@ -237,7 +233,7 @@ class Runtime:
             text: str | None = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:  # unreadable, or not text: reported, old model kept
             text = None
-            missing = f"{path}: cannot read pin file ({_short(exc)})"
+            missing = f"{path}: cannot read pin file ({one_line(exc)})"
         if self._pin_seen and text == self._pin_text:
             return
         self._pin_seen, self._pin_text = True, text
@@ -291,7 +287,7 @@ class Runtime:
         except Exception as exc:
             delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** min(st.attempts, 10))
             st.next_attempt = time.monotonic() + delay
-            st.load_error = (f"loading models:/{MODEL_NAME}/{wanted} failed: {_short(exc)}{self._keeping()}; "
+            st.load_error = (f"loading models:/{MODEL_NAME}/{wanted} failed: {one_line(exc)}{self._keeping()}; "
                              f"retrying in {delay:.0f}s")
             log.error("%s", st.load_error)
             return
@@ -347,7 +343,7 @@ class Runtime:
         try:
             frame, as_of = self.fetcher(self.settings.data_spec(), today)
         except Exception as exc:
-            self._status.feature_error = f"fetching prices from {self.settings.data_source!r} failed: {_short(exc)}"
+            self._status.feature_error = f"fetching prices from {self.settings.data_source!r} failed: {one_line(exc)}"
             log.warning("%s; serving the last known feature row (stale)", self._status.feature_error)
             return False
         self.features = FetchedRow(frame=frame, as_of=as_of, fetched_at=time.monotonic(), fetched_day=today)

@@ -16,3 +16,9 @@ class PrimerError(Exception):
 
 class SettingsError(PrimerError, ValueError):
     """An environment variable or configuration file holds an unusable value; the message names it."""
+
+
+def one_line(exc: BaseException, limit: int = 500) -> str:
+    """``Type: first line of the message``, for a status field or a log line (tracebacks stay in logs)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:limit]

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from contract import prediction_log as schema
-from contract.errors import PrimerError
+from contract.errors import PrimerError, one_line
 from contract.evidence import Scores
 from contract.registry import public_uri
 from ml.evaluate import score
@@ -65,8 +65,7 @@ def read_log(url: str) -> pd.DataFrame:
     except MonitorError:
         raise
     except Exception as exc:  # any driver/URL failure: one clear line
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise MonitorError(f"prediction log {public_uri(url)} is unreachable: {type(exc).__name__}: {first}") from None
+        raise MonitorError(f"prediction log {public_uri(url)} is unreachable: {one_line(exc)}") from None
     frame = pd.DataFrame(rows, columns=[schema.MODEL_VERSION, schema.AS_OF, schema.P_UP])
     frame[schema.AS_OF] = pd.to_datetime(frame[schema.AS_OF])
     return frame
