@@ -106,13 +106,19 @@ def start_mlflow_server(
 
 
 
+def start_mlflow_in(root: Path, port: int, backend_uri: str | None = None) -> subprocess.Popen:
+    """``mlflow server`` on ``port`` with its data under ``root`` (SQLite unless ``backend_uri``):
+    started again with the same arguments, it serves the same runs (a restart after a kill)."""
+    return start_mlflow_server(backend_uri or f"sqlite:///{root / 'mlflow.db'}", root / "artifacts", port,
+                               root / "mlflow.log")
+
+
 @contextmanager
 def running_mlflow(root: Path, backend_uri: str | None = None, stop_timeout: float = 15) -> Iterator[str]:
     """A real ``mlflow server`` on a free port with its data under ``root`` (SQLite unless
     ``backend_uri`` says otherwise); yields its URI and stops it on exit."""
     port = free_port()
-    proc = start_mlflow_server(backend_uri or f"sqlite:///{root / 'mlflow.db'}", root / "artifacts", port,
-                               root / "mlflow.log")
+    proc = start_mlflow_in(root, port, backend_uri)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -48,7 +48,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from tests.perf.bench_serving import feature_rows, tree_rss_mb  # noqa: E402
 from tests.support import (  # noqa: E402
     free_port,
-    start_mlflow_server,
+    start_mlflow_in,
     start_service,
     stop_process,
     train_version,
@@ -139,7 +139,7 @@ async def _faults(f: Faults, started: float, duration: float) -> None:
             os.killpg(f.mlflow["proc"].pid, signal.SIGKILL)
             f.log.append(f"{now:6.0f}s MLflow killed")
             await asyncio.sleep(20)
-            f.mlflow["proc"] = await asyncio.to_thread(_start_mlflow, f.mlflow["root"], f.mlflow["port"])
+            f.mlflow["proc"] = await asyncio.to_thread(start_mlflow_in, f.mlflow["root"], f.mlflow["port"])
             f.log.append(f"{time.monotonic() - started:6.0f}s MLflow back")
 
 
@@ -153,10 +153,6 @@ async def _sampler(url: str, pid: int, started: float, duration: float, minutes:
             except httpx.HTTPError:
                 pass
             await asyncio.sleep(5)
-
-
-def _start_mlflow(root: Path, port: int) -> object:
-    return start_mlflow_server(f"sqlite:///{root / 'mlflow.db'}", root / "artifacts", port, root / "mlflow.log")
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -213,7 +209,7 @@ def main() -> int:
     stack = ExitStack()
     mlflow = {"root": tmp / "mlflow", "port": free_port()}
     try:
-        mlflow["proc"] = _start_mlflow(mlflow["root"], mlflow["port"])
+        mlflow["proc"] = start_mlflow_in(mlflow["root"], mlflow["port"])
         stack.callback(lambda: stop_process(mlflow["proc"]))
         uri = env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{mlflow['port']}"
         pin = write_pin_text(tmp / "train-pin.yaml", None)
