@@ -214,6 +214,15 @@ def test_metrics_labels_stay_bounded_whatever_the_paths(service: Service) -> Non
     assert after <= before * 1.05, (before, after)
 
 
+def test_every_served_route_has_its_own_metric_label(service: Service) -> None:
+    """bentos.service.ROUTES lists the routes by hand: each route the service documents keeps its
+    own `endpoint` label instead of falling into "other"."""
+    from bentos.service import ROUTES
+
+    documented = set(service.get("/docs.json").json()["paths"]) | {"/docs", "/docs.json", "/"}
+    assert documented <= ROUTES, sorted(documented - ROUTES)
+
+
 def test_predict_api_needs_json(service: Service) -> None:
     r = service.post("/predict", content=b'{"rows": []}', headers={"content-type": "multipart/form-data"})
     assert r.status_code == 415
