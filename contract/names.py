@@ -23,6 +23,7 @@ PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag for nested runs
 # Files, relative to the repository root
 PIN_PATH = "promotion/model-version.yaml"
 POLICY_PATH = "promotion/policy.yaml"
+MONITORING_PATH = "promotion/monitoring.yaml"  # the monitor's thresholds, beside the gate policy
 
 # Ports
 SERVING_PORT = 3000
@@ -64,3 +65,12 @@ def promotion_branch(version: int, model: str = MODEL_NAME) -> str:
 
 def promotion_title(version: int, model: str = MODEL_NAME) -> str:
     return f"Promote {model} to v{version}"
+
+
+def demotion_branch(version: int, model: str = MODEL_NAME) -> str:
+    """The branch of the pull request that rolls the pinned ``version`` back."""
+    return f"demote/{model}-v{version}"
+
+
+def demotion_title(version: int, target: int, model: str = MODEL_NAME) -> str:
+    return f"Demote {model} v{version}: roll back to v{target}"

@@ -8,6 +8,7 @@ One typed settings object per entry point, read once at the start and passed dow
                            ``primer registry sync | prune`` (the PostSync hook, the prune CronJob)
 ``DataSettings``           ``primer data fetch`` (the training Job's init container)
 ``ServingSettings``        the BentoML service (``primer serve``, the Deployment)
+``MonitorSettings``        ``primer monitor`` (the training CronJob's first step, ``primer up``)
 ``LocalSettings``          ``primer up`` / ``primer down``
 =========================  ===============================================================
 
@@ -32,7 +33,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contract.errors import SettingsError
-from contract.names import DEFAULT_TRACKING_URI, PIN_PATH, POLICY_PATH
+from contract.names import DEFAULT_TRACKING_URI, MONITORING_PATH, PIN_PATH, POLICY_PATH
 
 TRACKING_URI_VAR = "MLFLOW_TRACKING_URI"
 ENV_PREFIX = "PRIMER_"
@@ -259,7 +260,18 @@ class TrainSettings(PromotionSettings, StateSettings, DataSettings, ReplaySettin
         return value
 
 
-class ServingSettings(RepoSettings, DataSettings):
+class PredictionLogSettings(_Settings):
+    """The prediction log: written by the service, read (and its live reports written) by the monitor."""
+
+    prediction_log: str = Field(
+        "", description="Where every published answer is recorded once per (model version, as_of), and where "
+                        "`primer monitor` writes its live reports: a SQLAlchemy URL, `sqlite:///PATH` or "
+                        "`postgresql://...`. Empty: not recorded. `primer up` sets "
+                        "`sqlite:///<state dir>/predictions.db`.",
+    )
+
+
+class ServingSettings(RepoSettings, DataSettings, ReplaySettings, PredictionLogSettings):
     """The BentoML service."""
 
     entry_point: ClassVar[str] = "the service (primer serve, the serving Deployment)"
@@ -271,10 +283,9 @@ class ServingSettings(RepoSettings, DataSettings):
     feature_ttl_seconds: float = Field(
         3600.0, gt=0, description="How long a fetched feature row counts as fresh (a new UTC day always refetches).",
     )
-    prediction_log: str = Field(
-        "", description="Where every published answer is recorded once per (model version, as_of): a SQLAlchemy "
-                        "URL, `sqlite:///PATH` or `postgresql://...`. Empty: not recorded. `primer up` sets "
-                        "`sqlite:///<state dir>/predictions.db`.",
+    live_refresh_seconds: float = Field(
+        30.0, gt=0, description="How often the service re-reads the monitor's live report of the served version "
+                                "(for `/metrics`).",
     )
     bentoml_home: Path | None = Field(
         None, validation_alias="BENTOML_HOME",
@@ -288,10 +299,26 @@ class ServingSettings(RepoSettings, DataSettings):
             return self.bentoml_home
         return Path(tempfile.gettempdir()) / f"primer-bentoml-{os.getuid()}-{port}"
 
-    @field_validator("pin_poll_seconds", "feature_ttl_seconds")
+    @field_validator("pin_poll_seconds", "feature_ttl_seconds", "live_refresh_seconds")
     @classmethod
     def _seconds_finite(cls, value: float) -> float:
         return _finite(value)
+
+
+class MonitorSettings(PromotionSettings, DataSettings, ReplaySettings, PredictionLogSettings):
+    """``primer monitor``: score the logged answers, watch drift, propose a demotion."""
+
+    entry_point: ClassVar[str] = "primer monitor (the training CronJob's first step, primer up)"
+
+    monitoring_file: Path | None = Field(
+        None, description=f"The monitor's thresholds. Default: `<repo>/{MONITORING_PATH}`, else the packaged copy.",
+    )
+
+    def monitoring_path(self) -> Path:
+        if self.monitoring_file is not None:
+            return self.monitoring_file
+        in_repo = self.repo_root() / MONITORING_PATH
+        return in_repo if in_repo.exists() else Path(__file__).resolve().parent.parent / MONITORING_PATH
 
 
 class LocalSettings(StateSettings, DataSettings):
@@ -301,7 +328,7 @@ class LocalSettings(StateSettings, DataSettings):
 
 
 ENTRY_POINTS: tuple[type[_Settings], ...] = (TrainSettings, PromotionSettings, DataSettings, ServingSettings,
-                                             LocalSettings)
+                                             MonitorSettings, LocalSettings)
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -1,0 +1,81 @@
+"""``promotion/monitoring.yaml``: the monitor's thresholds, in git beside the gate policy.
+
+Which test and level call a served version "worse than climatology" is *not* here: the
+monitor uses the gate's own (``promotion/policy.yaml``), so the word means the same in
+both places. This file says how much live evidence it takes, and when drift alerts.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from contract.errors import SettingsError
+from contract.yaml_files import parse_model
+
+
+class MonitoringError(SettingsError):
+    """The monitoring thresholds file is missing or invalid; the message names the field."""
+
+
+class Monitoring(BaseModel):
+    """Every field optional; each checked with a message naming it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The rolling window, in scored trading days.
+    rolling_days: int = 20
+    # A version is judged (and may be demoted) only with at least this many scored days.
+    min_live_days: int = 20
+    # propose: open a demotion pull request when warranted; off: report only.
+    demotion: Literal["propose", "off"] = "propose"
+    # Drift: the recent window (trading days) compared with the version's training window.
+    drift_window_days: int = 60
+    psi_bins: int = 10
+    psi_alert: float = 0.25
+    up_rate_level: float = 0.01
+    skew_alert: float = 1e-6
+
+    @field_validator("rolling_days", "min_live_days", "drift_window_days", "psi_bins", mode="before")
+    @classmethod
+    def _positive_int(cls, value: Any, info: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{info.field_name} must be an integer >= 1, got {value!r}")
+        return value
+
+    @field_validator("psi_alert", "skew_alert", mode="before")
+    @classmethod
+    def _non_negative(cls, value: Any, info: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{info.field_name} must be a number >= 0, got {value!r}")
+        return value
+
+    @field_validator("up_rate_level", mode="before")
+    @classmethod
+    def _level(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 0.5:
+            raise ValueError(f"up_rate_level must be a number between 0 and 0.5, got {value!r}")
+        return value
+
+    @field_validator("demotion", mode="before")
+    @classmethod
+    def _known_mode(cls, value: Any) -> Any:
+        if value not in ("propose", "off"):
+            raise ValueError(f"demotion must be propose or off, got {value!r}")
+        return value
+
+
+def parse_monitoring(text: str, source: str = "monitoring") -> Monitoring:
+    return parse_model(Monitoring, text, source, MonitoringError, empty="expected a mapping of thresholds")
+
+
+def load_monitoring(path: str | Path) -> Monitoring:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError as exc:
+        raise MonitoringError(f"{path}: monitoring thresholds file not found") from exc
+    return parse_monitoring(text, str(path))
