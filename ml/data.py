@@ -14,6 +14,8 @@ date. Sources are selected by a spec string (``PRIMER_DATA_SOURCE`` or
 - ``synthetic:SEED:SIGNAL``: bars whose next-day direction carries a planted signal of
   known strength (0 = none: a seeded random walk whose labels are independent of every
   feature), to measure how often the gate promotes without and with a real advantage.
+- ``synthetic:SEED:SIGNAL:UNTIL``: the same, with the signal removed after the date UNTIL
+  (YYYY-MM-DD): a model that learned it is wrong from then on (monitoring's demotion test).
 
 Loaders do not judge the data: a CSV with a missing column or a NaN close is
 returned as it is, and ``ml.validate`` names what is wrong with it.
@@ -61,10 +63,12 @@ class SourceSpec:
     kind: str  # "yfinance" | "csv" | "synthetic"
     arg: str | None = None  # CSV path or synthetic seed
     signal: float | None = None  # synthetic only: a planted signal of this strength
+    signal_until: date | None = None  # synthetic only: the last date the signal holds
 
     def __str__(self) -> str:
         text = self.kind if self.arg is None else f"{self.kind}:{self.arg}"
-        return text if self.signal is None else f"{text}:{self.signal:g}"
+        text = text if self.signal is None else f"{text}:{self.signal:g}"
+        return text if self.signal_until is None else f"{text}:{self.signal_until.isoformat()}"
 
 
 def parse_spec(spec: str) -> SourceSpec:
@@ -82,7 +86,7 @@ def parse_spec(spec: str) -> SourceSpec:
         return _synthetic_spec(spec, arg) if sep else SourceSpec("synthetic")
     raise DataSourceError(
         f"unknown data source {spec!r}; expected 'yfinance', 'csv:PATH' or 'synthetic' "
-        "(or 'synthetic:SEED', 'synthetic:SEED:SIGNAL')"
+        "(or 'synthetic:SEED', 'synthetic:SEED:SIGNAL', 'synthetic:SEED:SIGNAL:UNTIL')"
     )
 
 
@@ -94,6 +98,7 @@ def _synthetic_spec(spec: str, arg: str) -> SourceSpec:
         raise DataSourceError(f"data source {spec!r}: seed must be an integer, e.g. synthetic:7") from None
     if not sep:
         return SourceSpec("synthetic", seed)
+    signal, sep, until = signal.partition(":")
     try:
         strength = float(signal)
     except ValueError:
@@ -101,7 +106,14 @@ def _synthetic_spec(spec: str, arg: str) -> SourceSpec:
     if not (math.isfinite(strength) and 0 <= strength <= MAX_SIGNAL):
         raise DataSourceError(f"data source {spec!r}: signal must be a number from 0 to {MAX_SIGNAL:g}, "
                               "e.g. synthetic:7:0.3 (0 = no signal)")
-    return SourceSpec("synthetic", seed, strength)
+    if not sep:
+        return SourceSpec("synthetic", seed, strength)
+    try:
+        last = date.fromisoformat(until)
+    except ValueError:
+        raise DataSourceError(f"data source {spec!r}: the signal's last date must be YYYY-MM-DD, "
+                              "e.g. synthetic:7:1.5:2024-06-28") from None
+    return SourceSpec("synthetic", seed, strength, last)
 
 
 def load_prices(
@@ -115,7 +127,8 @@ def load_prices(
     if parsed.kind == "synthetic":
         seed = int(parsed.arg) if parsed.arg is not None else seed
         if parsed.signal is not None:
-            frame = planted_signal_prices(seed=seed, signal=parsed.signal, end=end or date.today())
+            frame = planted_signal_prices(seed=seed, signal=parsed.signal, end=end or date.today(),
+                                          signal_until=parsed.signal_until)
         else:
             frame = synthetic_prices(seed=seed, end=end or date.today())
     elif parsed.kind == "csv":
@@ -354,14 +367,16 @@ def synthetic_prices(*, seed: int = DEFAULT_SEED, end: date | None = None) -> pd
     )
 
 
-def planted_signal_prices(*, seed: int, signal: float, end: date | None = None) -> pd.DataFrame:
+def planted_signal_prices(*, seed: int, signal: float, end: date | None = None,
+                          signal_until: date | None = None) -> pd.DataFrame:
     """Seeded bars whose next-day direction depends on today's move with a known strength.
 
     Volatility follows the same GARCH-like process as :func:`synthetic_prices`; the size of
     each move is drawn from it, its sign separately: UP with probability
     ``sigmoid(signal * z)``, where ``z`` is yesterday's move in units of its volatility
     (momentum). ``signal`` 0 is a random walk with no drift: every label is a fair coin,
-    independent of every feature. Prefix-stable like :func:`synthetic_prices`.
+    independent of every feature. After ``signal_until`` (when given) the signal is 0: the
+    bars up to it are the same as without a break. Prefix-stable like :func:`synthetic_prices`.
     """
     end = end or date.today()
     days = trading_days(SYNTHETIC_FIRST_DAY, end)
@@ -374,10 +389,13 @@ def planted_signal_prices(*, seed: int, signal: float, end: date | None = None) 
     omega = long_var * (1 - alpha - beta)
     ret, sigma = np.empty(n), np.empty(n)
     var, prev, z = long_var, 0.0, 0.0
+    strength = np.full(n, signal)
+    if signal_until is not None:
+        strength[days > pd.Timestamp(signal_until)] = 0.0
     for i in range(n):
         var = omega + alpha * prev**2 + beta * var
         s = min(np.sqrt(var), 0.05)
-        up = coin[i] < 1 / (1 + np.exp(-signal * z))
+        up = coin[i] < 1 / (1 + np.exp(-strength[i] * z))
         r = min(s * max(size[i], 1e-4), 0.12) * (1 if up else -1)
         ret[i], sigma[i], prev, z = r, s, r, float(np.clip(r / s, -3, 3))
     close = 45.0 * np.exp(np.cumsum(np.log1p(ret)))

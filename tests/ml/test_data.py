@@ -183,3 +183,26 @@ def test_todays_bar_is_dropped_while_the_session_is_open(market: pd.DataFrame):
     after = yfinance_prices(fetch=fetch, now=datetime(last.year, last.month, last.day, 17, 0, tzinfo=ny))
     assert len(during) == 9 and during["date"].iloc[-1].date() < last
     assert len(after) == 10 and after["date"].iloc[-1].date() == last
+
+
+def test_a_planted_signal_can_end_on_a_date_and_the_bars_before_it_stay_the_same():
+    """``synthetic:SEED:SIGNAL:UNTIL``: the momentum signal holds up to UNTIL, then labels are coins."""
+    from ml.features import build_features, labeled
+
+    until = date(2015, 12, 31)
+    kept = load_prices("synthetic:5:3", end=date(2021, 12, 31))
+    broken = load_prices(f"synthetic:5:3:{until}", end=date(2021, 12, 31))
+    before = kept["date"] <= pd.Timestamp(until)
+    pd.testing.assert_frame_equal(kept[before], broken[before])
+
+    def momentum_hit_rate(prices: pd.DataFrame, after: bool) -> float:
+        rows = labeled(build_features(prices))
+        rows = rows[(rows.index > pd.Timestamp(until)) == after]
+        return float(((rows["ret_1"] > 0) == (rows["label"] == 1)).mean())
+
+    assert momentum_hit_rate(broken, after=False) > 0.6  # the signal: today's direction repeats
+    assert abs(momentum_hit_rate(broken, after=True) - 0.5) < 0.05  # gone after UNTIL
+    assert momentum_hit_rate(kept, after=True) > 0.6
+    assert str(parse_spec(f"synthetic:5:3:{until}")) == f"synthetic:5:3:{until}"
+    with pytest.raises(DataSourceError, match="YYYY-MM-DD"):
+        parse_spec("synthetic:5:3:someday")
