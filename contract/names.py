@@ -9,9 +9,14 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+# The recipe family of the no-skill forecaster (the training window's up-rate): ml/candidates.yaml
+CLIMATOLOGY_FAMILY = "climatology"
+
 # MLflow
 MODEL_NAME = "spy-direction"
 EXPERIMENT_NAME = "spy-direction"
+# `primer monitor`: one run per served version, its live metrics stepped by scored trading day.
+MONITORING_EXPERIMENT_NAME = "spy-direction-live"
 CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
 
@@ -47,6 +52,12 @@ class Tag(StrEnum):
     GIT_SHA = "git_sha"
     # The recipe (family + params, JSON) the version was fitted with, so the gate can refit it per fold.
     RECIPE = "recipe"
+    # On a pinned version the monitor proposes to roll back: the open demotion PR (URL, or the
+    # branch when no forge is configured) and the version it rolls back to.
+    DEMOTION_PR = "demotion_pr"
+    DEMOTION_TARGET = "demotion_target"
+    # The run of `primer monitor` that records the version's live metrics (MLflow run id).
+    LIVE_RUN = "live_run"
 
 
 class PromotionStatus(StrEnum):
@@ -67,9 +78,13 @@ def promotion_title(version: int, model: str = MODEL_NAME) -> str:
     return f"Promote {model} to v{version}"
 
 
-def demotion_branch(version: int, model: str = MODEL_NAME) -> str:
-    """The branch of the pull request that rolls the pinned ``version`` back."""
-    return f"demote/{model}-v{version}"
+def demotion_branch(version: int, target: int, model: str = MODEL_NAME) -> str:
+    """The branch of the pull request that rolls the pinned ``version`` back to ``target``.
+
+    One branch per (pinned, target): when the evidence names another target the old PR is
+    closed and a new branch opened, so a branch never has to be rewritten (no force-push).
+    """
+    return f"demote/{model}-v{version}-to-v{target}"
 
 
 def demotion_title(version: int, target: int, model: str = MODEL_NAME) -> str:

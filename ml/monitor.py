@@ -8,23 +8,37 @@ scores every served version on its scored days, next to two baselines on the sam
   as_of, all of the source's history); the training up-rate is not in the log.
 - always UP: P(up) = 1.
 
-An answer is scored only once its next trading day's close is in the prices.
+An answer is scored only once its next trading day's close is in the prices. Each version
+gets a :class:`contract.live_report.LiveReport`: all its scored days and the rolling
+window, and the gate's own paired test with climatology as the challenger, so "worse than
+climatology" means here what it means for a promotion. The reports are written to the
+``live_report`` table beside the log, where the service reads them for ``/metrics``.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from contract import live_report as reports_table
 from contract import prediction_log as schema
 from contract.errors import PrimerError, one_line
-from contract.evidence import Scores
+from contract.live_report import SCORE_METRICS, DriftStatus, LiveReport
+from contract.monitoring import Monitoring
 from contract.registry import public_uri
+from contract.significance import GateSpec, PairedTest, SignificanceError, paired_test
 from ml.evaluate import score
 from ml.features import next_day_labels
+from ml.folds import log_losses
+
+LABEL = "label"
+CLIMATOLOGY = "climatology"
 
 
 class MonitorError(PrimerError):
@@ -32,41 +46,47 @@ class MonitorError(PrimerError):
 
 
 @dataclass(frozen=True)
-class VersionReport:
-    """One served version over its scored days."""
+class ScoredDays:
+    """One version's answers, labelled: ``days`` holds only the scored ones, in as_of order."""
 
     model_version: int
     answers: int  # logged answers, scored or not
-    scored_days: int
-    model: Scores
-    climatology: Scores
-    always_up: Scores
+    days: pd.DataFrame  # index as_of; columns p_up, label, climatology, features (JSON text)
+
+    def losses(self, column: str) -> np.ndarray:
+        return log_losses(self.days[LABEL], self.days[column])
 
 
-def read_log(url: str) -> pd.DataFrame:
-    """The log's answers as a frame (model_version, as_of, p_up); raises :class:`MonitorError`."""
+def _engine(url: str) -> Any:
     if not url.strip():
         raise MonitorError("the prediction log is not configured: set PRIMER_PREDICTION_LOG "
                            "(a SQLAlchemy URL, e.g. sqlite:///PATH/predictions.db)")
-    from sqlalchemy import MetaData, create_engine, inspect, select  # imported on use
+    from sqlalchemy import create_engine  # imported on use
+
+    return create_engine(url)
+
+
+def read_log(url: str) -> pd.DataFrame:
+    """The log's answers as a frame (model_version, as_of, p_up, features); raises :class:`MonitorError`."""
+    from sqlalchemy import MetaData, inspect, select
 
     table = schema.table(MetaData())
+    columns = [schema.MODEL_VERSION, schema.AS_OF, schema.P_UP, schema.FEATURES]
     try:
-        engine = create_engine(url)
+        engine = _engine(url)
         try:
             with engine.connect() as conn:
                 if not inspect(conn).has_table(schema.TABLE_NAME):
                     raise MonitorError(f"prediction log {public_uri(url)}: no {schema.TABLE_NAME} table "
                                        "(the service has recorded no answer there yet)")
-                cols = [table.c[schema.MODEL_VERSION], table.c[schema.AS_OF], table.c[schema.P_UP]]
-                rows = [tuple(r) for r in conn.execute(select(*cols))]
+                rows = [tuple(r) for r in conn.execute(select(*(table.c[c] for c in columns)))]
         finally:
             engine.dispose()
     except MonitorError:
         raise
     except Exception as exc:  # any driver/URL failure: one clear line
         raise MonitorError(f"prediction log {public_uri(url)} is unreachable: {one_line(exc)}") from None
-    frame = pd.DataFrame(rows, columns=[schema.MODEL_VERSION, schema.AS_OF, schema.P_UP])
+    frame = pd.DataFrame(rows, columns=columns)
     frame[schema.AS_OF] = pd.to_datetime(frame[schema.AS_OF])
     return frame
 
@@ -83,45 +103,178 @@ def up_rate_before(labels: pd.Series) -> pd.Series:
     return (ups / count.replace(0.0, np.nan)).fillna(0.5)
 
 
-def score_log(answers: pd.DataFrame, prices: pd.DataFrame) -> list[VersionReport]:
-    """One report per model version in ``answers`` (ascending), scored on the days whose label is known."""
+def scored_days(answers: pd.DataFrame, prices: pd.DataFrame) -> list[ScoredDays]:
+    """Per model version (ascending), its answers whose label is known in ``prices``."""
     labels = next_day_labels(prices)
     climatology = up_rate_before(labels)
-    reports = []
+    out = []
     for version, group in answers.groupby(schema.MODEL_VERSION, sort=True):
-        days = pd.DatetimeIndex(group[schema.AS_OF])
-        y = labels.reindex(days).to_numpy()
-        known = ~np.isnan(y)
-        if not known.any():
-            continue
-        p_up = group[schema.P_UP].to_numpy(dtype=float)[known]
-        y_known = y[known].astype(int)
-        reports.append(VersionReport(
-            model_version=int(str(version)), answers=len(group), scored_days=int(known.sum()),
-            model=score(y_known, p_up),
-            climatology=score(y_known, climatology.reindex(days).to_numpy()[known]),
-            always_up=score(y_known, np.ones(len(y_known))),
-        ))
-    return reports
+        group = group.sort_values(schema.AS_OF)
+        days = pd.DatetimeIndex(group[schema.AS_OF], name=schema.AS_OF)
+        frame = pd.DataFrame({
+            schema.P_UP: group[schema.P_UP].to_numpy(dtype=float),
+            LABEL: labels.reindex(days).to_numpy(),
+            CLIMATOLOGY: climatology.reindex(days).to_numpy(),
+            schema.FEATURES: group[schema.FEATURES].to_numpy() if schema.FEATURES in group else None,
+        }, index=days)
+        out.append(ScoredDays(int(str(version)), len(group), frame.dropna(subset=[LABEL])))
+    return out
 
 
-def unscored(answers: pd.DataFrame, reports: list[VersionReport]) -> dict[int, int]:
+def window_scores(days: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """scorer -> metric -> value over ``days`` (model, climatology and always UP on the same days)."""
+    y = days[LABEL].to_numpy().astype(int)
+    probabilities = {"model": days[schema.P_UP].to_numpy(), "climatology": days[CLIMATOLOGY].to_numpy(),
+                     "always_up": np.ones(len(y))}
+    return {name: {m: float(v) for m in SCORE_METRICS if (v := score(y, p).get(m)) is not None}
+            for name, p in probabilities.items()}
+
+
+def versus_climatology(scored: ScoredDays, gate: GateSpec) -> PairedTest | None:
+    """The gate's paired test with climatology as the challenger: passing means the model is worse."""
+    try:
+        return paired_test(scored.losses(CLIMATOLOGY), scored.losses(schema.P_UP), level=gate.level, test=gate.test)
+    except SignificanceError:  # fewer than 3 days: no verdict yet
+        return None
+
+
+def live_report(scored: ScoredDays, gate: GateSpec, thresholds: Monitoring, drift: DriftStatus | None = None,
+                now: datetime | None = None) -> LiveReport:
+    """The version's report as of its last scored day (``scored.days`` must not be empty)."""
+    days = scored.days
+    scores = {"all": window_scores(days)}
+    if len(days) >= thresholds.rolling_days:
+        scores["rolling"] = window_scores(days.iloc[-thresholds.rolling_days:])
+    test = versus_climatology(scored, gate)
+    notes = []
+    if len(days) < thresholds.min_live_days:
+        notes.append(f"{len(days)} scored day(s), fewer than min_live_days {thresholds.min_live_days}: no verdict")
+    warranted = bool(test is not None and len(days) >= thresholds.min_live_days and test.passes(gate.min_effect))
+    return LiveReport(
+        model_version=scored.model_version, as_of=days.index[-1].date().isoformat(), scored_days=len(days),
+        rolling_days=thresholds.rolling_days, scores=scores,
+        versus_climatology=test.to_dict() if test is not None else None, demotion_warranted=warranted,
+        drift=drift, updated_at=(now or datetime.now(UTC)).isoformat(timespec="seconds"), notes=notes,
+    )
+
+
+def step_series(scored: ScoredDays, gate: GateSpec, thresholds: Monitoring, first: int = 1
+                ) -> list[tuple[int, pd.Timestamp, dict[str, float]]]:
+    """(step, trading day, metrics) for steps ``first``..N: the record as it stood after each scored day.
+
+    Step k is the k-th scored trading day; its metrics cover days 1..k (``rolling_*``: the last
+    ``rolling_days`` of them, once there are that many).
+    """
+    out = []
+    clim_loss, model_loss = scored.losses(CLIMATOLOGY), scored.losses(schema.P_UP)
+    for k in range(max(first, 1), len(scored.days) + 1):
+        upto = scored.days.iloc[:k]
+        scores = window_scores(upto)
+        metrics = {**scores["model"], "climatology_log_loss": scores["climatology"]["log_loss"],
+                   "always_up_accuracy": scores["always_up"]["accuracy"],
+                   "improvement_over_climatology": float(np.mean(clim_loss[:k] - model_loss[:k]))}
+        if k >= thresholds.rolling_days:
+            rolling = window_scores(upto.iloc[-thresholds.rolling_days:])
+            metrics |= {"rolling_log_loss": rolling["model"]["log_loss"],
+                        "rolling_climatology_log_loss": rolling["climatology"]["log_loss"]}
+        if k >= 3:
+            test = paired_test(clim_loss[:k], model_loss[:k], level=gate.level, test=gate.test)
+            metrics["p_worse_than_climatology"] = test.p_value
+        out.append((k, upto.index[-1], metrics))
+    return out
+
+
+def unscored(answers: pd.DataFrame, scored: Iterable[ScoredDays]) -> dict[int, int]:
     """Per version, how many logged answers still wait for their next close."""
-    scored = {r.model_version: r.scored_days for r in reports}
-    counts = answers[schema.MODEL_VERSION].astype(int).value_counts()
-    waiting = {int(str(v)): int(n) - scored.get(int(str(v)), 0) for v, n in counts.items()}
-    return {v: n for v, n in waiting.items() if n > 0}
+    return {s.model_version: s.answers - len(s.days) for s in scored if s.answers > len(s.days)}
 
 
-def table_text(reports: list[VersionReport]) -> str:
-    """The report as a fixed-width table, one row per version."""
+def write_reports(url: str, reports: Iterable[LiveReport]) -> None:
+    """Insert or replace each version's report in the ``live_report`` table (created if missing)."""
+    from sqlalchemy import MetaData
+
+    table = reports_table.table(MetaData())
+    rows = [{reports_table.MODEL_VERSION: r.model_version, reports_table.REPORT: r.to_json(),
+             reports_table.UPDATED_AT: datetime.fromisoformat(r.updated_at)} for r in reports]
+    if not rows:
+        return
+    engine = _engine(url)
+    try:
+        table.create(engine, checkfirst=True)
+        with engine.begin() as conn:
+            conn.execute(_upsert(engine.dialect.name, table), rows)
+    except Exception as exc:
+        raise MonitorError(f"writing live reports to {public_uri(url)} failed: {one_line(exc)}") from None
+    finally:
+        engine.dispose()
+
+
+def _upsert(dialect: str, table: Any) -> Any:
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert  # type: ignore[assignment]
+    else:
+        raise MonitorError(f"live reports: unsupported database {dialect!r} (use sqlite:// or postgresql://)")
+    stmt = insert(table)
+    replaced = {c: stmt.excluded[c] for c in (reports_table.REPORT, reports_table.UPDATED_AT)}
+    return stmt.on_conflict_do_update(index_elements=[reports_table.MODEL_VERSION], set_=replaced)
+
+
+def read_reports(url: str) -> dict[int, LiveReport]:
+    """Every version's last report ({} when the monitor never wrote one); raises :class:`MonitorError`."""
+    from sqlalchemy import MetaData, inspect, select
+
+    table = reports_table.table(MetaData())
+    try:
+        engine = _engine(url)
+        try:
+            with engine.connect() as conn:
+                if not inspect(conn).has_table(reports_table.TABLE_NAME):
+                    return {}
+                rows = list(conn.execute(select(table.c[reports_table.REPORT])))
+        finally:
+            engine.dispose()
+    except MonitorError:
+        raise
+    except Exception as exc:
+        raise MonitorError(f"prediction log {public_uri(url)} is unreachable: {one_line(exc)}") from None
+    reports = [LiveReport.from_json(row[0]) for row in rows]
+    return {r.model_version: r for r in reports}
+
+
+def logged_features(scored: ScoredDays) -> pd.DataFrame:
+    """The feature rows the version answered from, one per scored day (columns = the logged keys)."""
+    rows = [json.loads(text) for text in scored.days[schema.FEATURES]]
+    return pd.DataFrame(rows, index=scored.days.index)
+
+
+def table_text(reports: Iterable[LiveReport]) -> str:
+    """The reports as a fixed-width table, one row per version."""
     head = ("version", "scored days", "log loss", "Brier", "accuracy", "bal. accuracy",
-            "climatology log loss", "always-UP accuracy")
+            "climatology log loss", "always-UP accuracy", "rolling log loss", "p worse")
     rows: list[tuple[Any, ...]] = [head]
     for r in reports:
-        rows.append((r.model_version, r.scored_days, f"{r.model.log_loss:.4f}", f"{r.model.brier:.4f}",
-                     f"{r.model.accuracy:.3f}", f"{r.model.balanced_accuracy:.3f}",
-                     f"{r.climatology.log_loss:.4f}", f"{r.always_up.accuracy:.3f}"))
+        model, clim, up = (r.scores["all"][s] for s in ("model", "climatology", "always_up"))
+        rolling = r.scores.get("rolling", {}).get("model", {}).get("log_loss")
+        p = r.versus_climatology["p_value"] if r.versus_climatology else None
+        rows.append((r.model_version, r.scored_days, f"{model['log_loss']:.4f}", f"{model['brier']:.4f}",
+                     f"{model['accuracy']:.3f}", f"{model['balanced_accuracy']:.3f}", f"{clim['log_loss']:.4f}",
+                     f"{up['accuracy']:.3f}", "-" if rolling is None else f"{rolling:.4f}",
+                     "-" if p is None else f"{p:.3f}"))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
     return "\n".join("  ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows)
 
+
+def summary_line(r: LiveReport) -> str:
+    """One line for ``primer status`` and ``primer up``: the live record and its verdict."""
+    model, clim = r.scores["all"]["model"]["log_loss"], r.scores["all"]["climatology"]["log_loss"]
+    line = (f"v{r.model_version}: {r.scored_days} scored day(s) to {r.as_of}, log loss {model:.4f} "
+            f"vs climatology {clim:.4f}")
+    if r.versus_climatology is not None:
+        line += f" (p worse = {r.versus_climatology['p_value']:.3f})"
+    line += "; DEMOTION WARRANTED" if r.demotion_warranted else ""
+    if r.drift is not None:
+        alerts = [check for check, on in r.drift.alerts.items() if on]
+        line += f"; drift: {', '.join(alerts) if alerts else 'none'}"
+    return line

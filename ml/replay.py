@@ -52,6 +52,22 @@ class ReplayClock:
         return after[min(self.steps(now), len(after) - 1)].date()
 
 
+def visible_end(settings: ReplaySettings, now: datetime | None = None) -> date:
+    """The last calendar date a source may be asked for: today, or safely past the replay anchor."""
+    if settings.mode != "replay":
+        return date.today()
+    return min(date.today(), clock_from_settings(settings).load_until(now))
+
+
+def until_anchor(prices: pd.DataFrame, settings: ReplaySettings, now: datetime | None = None
+                 ) -> tuple[pd.DataFrame, date | None]:
+    """The bars known at the replay anchor and the anchor (replay mode); all bars and None (live)."""
+    if settings.mode != "replay" or prices.empty:
+        return prices, None
+    anchor = clock_from_settings(settings).anchor(prices["date"], now)
+    return prices.loc[~(pd.to_datetime(prices["date"]) > pd.Timestamp(anchor))].reset_index(drop=True), anchor
+
+
 def clock_from_settings(settings: ReplaySettings) -> ReplayClock:
     """The clock of ``PRIMER_REPLAY_START``, ``PRIMER_REPLAY_EPOCH`` and ``PRIMER_REPLAY_INTERVAL_SECONDS``."""
     if settings.replay_start is None:

@@ -1,39 +1,115 @@
-"""``primer monitor``: how the served versions' answers turned out (scoring only, for now)."""
+"""``primer monitor``: how the served versions' answers turned out, and what to do about it."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import click
 
-from contract.settings import ServingSettings
+from contract.errors import PrimerError
+from contract.settings import MonitorSettings
 
 
-@click.command("monitor")
-def monitor() -> None:
-    """Score every served model version on the answers it published.
+@dataclass(frozen=True)
+class MonitorRun:
+    """What one ``primer monitor`` works with, resolved once from the settings."""
 
-    Reads the prediction log (PRIMER_PREDICTION_LOG, the service's setting: a SQLAlchemy
-    URL) and the prices of PRIMER_DATA_SOURCE (the service's source). Each logged answer
-    whose next trading day's close is known is labelled as training labels rows (next
-    close > as_of close); answers still waiting for it are counted, not scored.
+    settings: MonitorSettings
+    thresholds: Any  # contract.monitoring.Monitoring
+    gate: Any  # contract.significance.GateSpec: the promotion gate's own test and level
 
-    One row per version, over its scored days: log loss, Brier, accuracy and balanced
-    accuracy of its P(up) (threshold 0.5), then climatology's log loss (P(up) = the
-    up-rate of the labels known at each as_of) and always-UP's accuracy on the same days.
-    See docs/monitoring.md.
-    """
-    from ml import monitor as scoring  # pandas, sklearn, SQLAlchemy: imported on use
+
+def _resolve(settings: MonitorSettings) -> MonitorRun:
+    from contract.monitoring import load_monitoring
+    from promotion.policy import load_policy
+
+    return MonitorRun(settings, load_monitoring(settings.monitoring_path()), load_policy(settings.policy_path()).gate)
+
+
+def _visible_prices(settings: MonitorSettings) -> Any:
+    """The source's bars known now: up to today (live) or up to the replay clock's anchor (replay)."""
     from ml.data import load_prices
+    from ml.replay import until_anchor, visible_end
 
-    settings = ServingSettings.load()
+    prices = load_prices(settings.data_spec(), seed=settings.synthetic_seed, end=visible_end(settings))
+    prices, anchor = until_anchor(prices, settings)
+    if anchor is not None:
+        click.echo(f"[replay] the market is known up to {anchor}")
+    return prices
+
+
+def run_monitor(run: MonitorRun, *, propose: bool) -> None:
+    """Score, write the live reports, log them to MLflow, then propose a demotion if warranted."""
+    from ml import monitor as scoring
+
+    settings = run.settings
     answers = scoring.read_log(settings.prediction_log)
     if answers.empty:
         click.echo("the prediction log holds no answer yet")
         return
-    prices = load_prices(settings.data_spec(), seed=settings.synthetic_seed)
-    reports = scoring.score_log(answers, prices)
+    prices = _visible_prices(settings)
+    scored = scoring.scored_days(answers, prices)
+    reports = {s.model_version: scoring.live_report(s, run.gate, run.thresholds)
+               for s in scored if len(s.days)}
+    scoring.write_reports(settings.prediction_log, reports.values())
     if reports:
-        click.echo(scoring.table_text(reports))
+        click.echo(scoring.table_text(reports.values()))
     else:
         click.echo("no answer is scored yet: every logged answer waits for its next close")
-    for version, waiting in sorted(scoring.unscored(answers, reports).items()):
+    for version, waiting in sorted(scoring.unscored(answers, scored).items()):
         click.echo(f"version {version}: {waiting} answer(s) wait for their next close")
+    _log_to_mlflow(run, [s for s in scored if s.model_version in reports], reports)
+
+
+def _log_to_mlflow(run: MonitorRun, scored: list[Any], reports: dict[int, Any]) -> None:
+    from contract.names import MONITORING_EXPERIMENT_NAME
+    from contract.ui import experiment_url, ui_base
+    from ml.live_runs import log_live_record
+    from ml.tracking import RegistryError, Tracker
+
+    if not scored:
+        return
+    tracker = Tracker.connect(run.settings.tracking_uri)
+    try:
+        for s in scored:
+            run_id, added = log_live_record(tracker, s, reports[s.model_version], run.gate, run.thresholds)
+            click.echo(f"MLflow: live v{s.model_version} +{added} step(s) (run {run_id})")
+    except PrimerError:
+        raise
+    except Exception as exc:
+        raise RegistryError(f"logging the live record to MLflow at {run.settings.tracking_uri} failed: {exc}") from exc
+    ui = ui_base(run.settings.tracking_uri)
+    if ui is not None:
+        click.echo(f"MLflow UI: {experiment_url(ui, tracker.experiment_id(MONITORING_EXPERIMENT_NAME))}")
+
+
+@click.command("monitor")
+@click.option("--no-propose", is_flag=True, help="Score and report, but never open a demotion pull request.")
+@click.option("--warn-only", is_flag=True,
+              help="Report any failure as a warning and exit 0 (the training CronJob: monitoring never blocks "
+                   "training).")
+def monitor(no_propose: bool, warn_only: bool) -> None:
+    """Score every served model version on the answers it published, and act on it.
+
+    Reads the prediction log (PRIMER_PREDICTION_LOG, the service's setting: a SQLAlchemy
+    URL) and the prices of PRIMER_DATA_SOURCE (in replay mode, only the bars up to the
+    replay clock's anchor: the same clock as training and serving). Each logged answer
+    whose next trading day's close is known is labelled as training labels rows (next
+    close > as_of close); answers still waiting for it are counted, not scored.
+
+    Per version, over all its scored days and the rolling window (promotion/monitoring.yaml):
+    log loss, Brier, accuracy and balanced accuracy of its P(up), the same for climatology
+    (the up-rate of the labels known at each as_of) and always-UP on the same days, and the
+    gate's paired test (promotion/policy.yaml) asking whether the model is worse than
+    climatology. The reports go to the log's database (the service shows them on /metrics)
+    and to MLflow (experiment spy-direction-live, one run per version, one step per scored
+    day). When the pinned version is significantly worse than climatology, a pull request
+    rolls the pin back (never merged automatically). See docs/monitoring.md.
+    """
+    try:
+        run_monitor(_resolve(MonitorSettings.load()), propose=not no_propose)
+    except Exception as exc:
+        if not warn_only:
+            raise
+        click.echo(f"warning: primer monitor did not complete: {exc}", err=True)

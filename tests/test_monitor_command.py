@@ -20,9 +20,15 @@ from ml import monitor
 from ml.data import load_prices
 from ml.features import FEATURE_COLUMNS, build_features
 from primer.cli import main as primer
-from tests.support import scrub_environ
+from tests.support import running_mlflow, scrub_environ
 
 SOURCE = "synthetic:7"
+
+
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    with running_mlflow(tmp_path_factory.mktemp("mlflow")) as uri:
+        yield uri
 
 
 def _write_log(url: str, prices: pd.DataFrame, answers: dict[int, list[int]], rng: np.random.Generator
@@ -60,17 +66,24 @@ def _expected(close: np.ndarray, answered: dict[int, float]) -> dict[str, Any]:
             "always-UP accuracy": accuracy_score(y, np.ones(len(y), dtype=int))}
 
 
-def _table(output: str) -> dict[int, list[float]]:
+def _table(output: str) -> dict[int, list[float | None]]:
     rows = [line.split() for line in output.splitlines() if line.strip()[:1].isdigit()]
-    return {int(r[0]): [float(x) for x in r[1:]] for r in rows}
+    return {int(r[0]): [None if x == "-" else float(x) for x in r[1:]] for r in rows}
+
+
+def _rolling(close: np.ndarray, answered: dict[int, float], days: int) -> float:
+    scored = [pos for pos in sorted(answered) if pos + 1 < len(close)][-days:]
+    y = np.array([int(close[pos + 1] > close[pos]) for pos in scored])
+    return float(log_loss(y, [answered[pos] for pos in scored], labels=[0, 1]))
 
 
 def test_monitor_scores_each_version_against_the_realized_closes(monkeypatch: pytest.MonkeyPatch,
-                                                                 tmp_path: Path) -> None:
+                                                                 tmp_path: Path, mlflow_uri: str) -> None:
     scrub_environ(monkeypatch)
     url = f"sqlite:///{tmp_path / 'predictions.db'}"
     monkeypatch.setenv("PRIMER_PREDICTION_LOG", url)
     monkeypatch.setenv("PRIMER_DATA_SOURCE", SOURCE)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
     prices = load_prices(SOURCE)
     n = len(prices)
     # Version 1 answered 40 days, then version 2 took over up to the last bar (not scorable yet).
@@ -86,17 +99,46 @@ def test_monitor_scores_each_version_against_the_realized_closes(monkeypatch: py
         expected = _expected(close, answered)
         got = table[version]
         assert got[0] == expected["scored days"]
-        for value, (name, want) in zip(got[1:], list(expected.items())[1:], strict=True):
+        for value, (name, want) in zip(got[1:7], list(expected.items())[1:], strict=True):
             assert value == pytest.approx(want, abs=6e-4), (version, name)
+        assert got[7] == pytest.approx(_rolling(close, answered, 20), abs=6e-4)  # rolling: the last 20 days
     assert table[1][0] == 40 and table[2][0] == 24  # version 2's answer on the last bar waits
     # The printed table is rounded: the scores behind it match to floating-point precision.
-    reports = {r.model_version: r for r in monitor.score_log(monitor.read_log(url), prices)}
+    reports = monitor.read_reports(url)  # what the command wrote for the service's /metrics
     for version, answered in given.items():
-        expected, report = _expected(close, answered), reports[version]
-        got_exact = [report.model.log_loss, report.model.brier, report.model.accuracy,
-                     report.model.balanced_accuracy, report.climatology.log_loss, report.always_up.accuracy]
+        expected, scores = _expected(close, answered), reports[version].scores["all"]
+        got_exact = [scores["model"]["log_loss"], scores["model"]["brier"], scores["model"]["accuracy"],
+                     scores["model"]["balanced_accuracy"], scores["climatology"]["log_loss"],
+                     scores["always_up"]["accuracy"]]
         assert got_exact == pytest.approx(list(expected.values())[1:], rel=1e-9, abs=1e-12), version
     assert "version 2: 1 answer(s) wait for their next close" in r.output
+    _assert_step_series_in_mlflow(mlflow_uri, close, given)
+
+    # A second run logs no step twice.
+    again = CliRunner().invoke(primer, ["monitor"])
+    assert again.exit_code == 0 and "+0 step(s)" in again.output, again.output
+    _assert_step_series_in_mlflow(mlflow_uri, close, given)
+
+
+def _assert_step_series_in_mlflow(uri: str, close: np.ndarray, given: dict[int, dict[int, float]]) -> None:
+    """One run per version; step k of log_loss = the log loss of its first k scored days."""
+    from mlflow import MlflowClient
+
+    from contract.names import MONITORING_EXPERIMENT_NAME
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(MONITORING_EXPERIMENT_NAME)
+    assert experiment is not None
+    for version, answered in given.items():
+        runs = client.search_runs([experiment.experiment_id], f"tags.model_version = '{version}'")
+        assert len(runs) == 1
+        history = sorted(client.get_metric_history(runs[0].info.run_id, "log_loss"), key=lambda m: m.step)
+        scored = [pos for pos in sorted(answered) if pos + 1 < len(close)]
+        assert [m.step for m in history] == list(range(1, len(scored) + 1))
+        for k in (1, 3, len(scored)):
+            y = [int(close[pos + 1] > close[pos]) for pos in scored[:k]]
+            want = log_loss(y, [answered[pos] for pos in scored[:k]], labels=[0, 1])
+            assert history[k - 1].value == pytest.approx(want, rel=1e-9), (version, k)
 
 
 def test_monitor_without_a_log_fails_in_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
