@@ -1,8 +1,9 @@
 """Pull requests through a forge API: Gitea (the in-cluster default), GitHub, or none.
 
-Exactly four endpoints are used, identical in shape on both forges:
-list open PRs, create a PR, close a PR (PATCH state=closed) and comment on a
-PR (the issues comments API). Retries (tenacity) only on connection errors and
+Exactly five endpoints are used, identical in shape on both forges:
+list open PRs, create a PR, close a PR (PATCH state=closed), edit a PR's title
+and body (the same PATCH; a demotion PR's evidence is refreshed in place) and
+comment on a PR (the issues comments API). Retries (tenacity) only on connection errors and
 5xx: a 4xx is an answer, not an outage. The token comes only from
 PRIMER_FORGE_TOKEN (read by ``contract.settings``).
 """
@@ -40,6 +41,7 @@ class PullRequest:
     title: str
     head: str  # branch name
     state: str = "open"
+    body: str = ""
 
 
 class Forge(Protocol):
@@ -49,6 +51,7 @@ class Forge(Protocol):
     def create_pr(self, title: str, body: str, head: str, base: str) -> tuple[PullRequest, bool]: ...
     def close_pr(self, number: int) -> None: ...
     def comment(self, number: int, body: str) -> None: ...
+    def update_pr(self, number: int, title: str, body: str) -> None: ...
 
 
 class NoForge:
@@ -66,6 +69,9 @@ class NoForge:
         raise ForgeError("no forge configured (PRIMER_FORGE=none)")
 
     def comment(self, number: int, body: str) -> None:  # pragma: no cover
+        raise ForgeError("no forge configured (PRIMER_FORGE=none)")
+
+    def update_pr(self, number: int, title: str, body: str) -> None:  # pragma: no cover
         raise ForgeError("no forge configured (PRIMER_FORGE=none)")
 
 
@@ -123,7 +129,7 @@ class HttpForge:
     def _pr(d: dict[str, Any]) -> PullRequest:
         return PullRequest(number=int(d["number"]), url=d.get("html_url") or d.get("url", ""),
                            title=d.get("title", ""), head=(d.get("head") or {}).get("ref", ""),
-                           state=d.get("state", "open"))
+                           state=d.get("state", "open"), body=d.get("body") or "")
 
     def list_open_prs(self) -> list[PullRequest]:
         """Every open PR, page by page until an empty page (a forge may cap the page size
@@ -156,6 +162,10 @@ class HttpForge:
 
     def comment(self, number: int, body: str) -> None:
         self._request("POST", f"/issues/{number}/comments", json={"body": body})
+
+    def update_pr(self, number: int, title: str, body: str) -> None:
+        """Replace an open PR's title and body (Gitea: EditPullRequestOption; GitHub: "Update a pull request")."""
+        self._request("PATCH", f"/pulls/{number}", json={"title": title, "body": body})
 
 
 def forge_from_settings(settings: PromotionSettings) -> Forge:

@@ -1,7 +1,8 @@
 """A local stand-in for a hosted forge's REST API (Gitea or GitHub).
 
-It implements exactly the four endpoints promotion/forge.py calls — list
-open PRs (paged like the real ones), create a PR, close a PR (PATCH state=closed), comment on a PR — with
+It implements exactly the five endpoints promotion/forge.py calls — list
+open PRs (paged like the real ones), create a PR, close a PR (PATCH state=closed), edit a PR's
+title and body (the same PATCH), comment on a PR — with
 each forge's real answers for the cases we handle (401 on a bad token,
 Gitea 409 / GitHub 422 when a PR for the branch already exists), and records
 every request so tests can assert method, path, headers and body.
@@ -108,6 +109,7 @@ class FakeForge:
                     return self._send(h, 404, {"message": "not found"})
                 if body.get("state") == "closed":
                     pr["state"] = "closed"
+                pr.update({k: body[k] for k in ("title", "body") if k in body})
                 return self._send(h, 201 if self.kind == "gitea" else 200, pr)
             if path.startswith(f"{base}/issues/") and path.endswith("/comments") and h.command == "POST":
                 n = int(path.split("/")[-2])
