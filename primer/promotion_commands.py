@@ -20,9 +20,16 @@ import httpx
 from contract import registry
 from contract import ui as ui_links
 from contract.errors import PrimerError
-from contract.names import CHALLENGER_ALIAS, CHAMPION_ALIAS, MODEL_NAME, PromotionStatus, promotion_title
+from contract.names import (
+    CHALLENGER_ALIAS,
+    CHAMPION_ALIAS,
+    MODEL_NAME,
+    PromotionStatus,
+    demotion_branch,
+    promotion_title,
+)
 from contract.pin import Pin, PinError, parse_pin, read_pin
-from contract.settings import PromotionSettings
+from contract.settings import MonitorSettings, PromotionSettings
 from contract.ui import ui_base
 from promotion import gitops
 from promotion.forge import ForgeError, forge_from_settings
@@ -351,7 +358,23 @@ def _status_service(service_url: str, pinned: int | None, drift: list[str]) -> N
         drift.append(f"service at {service_url} did not answer /model")
 
 
+def _status_live(settings: MonitorSettings, pinned: int | None) -> None:
+    """The pinned version's live record, as `primer monitor` last wrote it (when the log is configured)."""
+    if not settings.prediction_log:
+        click.echo("live (monitor):       not configured (PRIMER_PREDICTION_LOG)")
+        return
+    from ml.monitor import MonitorError, read_reports, summary_line
+
+    try:
+        report = read_reports(settings.prediction_log).get(pinned) if pinned is not None else None
+    except MonitorError as exc:
+        click.echo(f"live (monitor):       unknown ({exc})")
+        return
+    click.echo(f"live (monitor):       {summary_line(report) if report else 'no report yet (run `primer monitor`)'}")
+
+
 def _status_prs(settings: PromotionSettings, unchecked: list[str]) -> None:
+    demotions = demotion_branch(0, 0).split("/")[0] + "/"
     try:
         forge = forge_from_settings(settings)
         if forge.kind != "none":
@@ -359,6 +382,8 @@ def _status_prs(settings: PromotionSettings, unchecked: list[str]) -> None:
             click.echo(f"open promotion PRs:   {len(prs)}")
             for p in prs:
                 click.echo(f"  #{p.number} {p.title}  {p.url}")
+            for p in (p for p in forge.list_open_prs() if p.head.startswith(demotions)):
+                click.echo(f"open demotion PR:     #{p.number} {p.title}  {p.url}")
     except ForgeError as exc:
         click.echo(f"open promotion PRs:   unknown ({exc})")
         unchecked.append("the forge (open PRs)")
@@ -370,12 +395,16 @@ def _status_prs(settings: PromotionSettings, unchecked: list[str]) -> None:
 @click.option("--strict", is_flag=True,
               help="Exit 1 when anything drifts from the pin, 3 when MLflow or the forge cannot be asked.")
 def status(service_url: str | None, strict: bool) -> None:
-    """Pin (git) vs champion/challenger aliases (MLflow) vs the running service, and open promotion PRs.
+    """Pin (git) vs champion/challenger aliases (MLflow) vs the running service, its live record, open PRs.
+
+    The live record is the pinned version's last report from `primer monitor` (read from
+    PRIMER_PREDICTION_LOG's database): scored days, log loss against climatology, the
+    paired test's p-value, whether a demotion is warranted, and drift alerts.
 
     Prints a DRIFT line for each disagreement. Open PRs are listed when a forge
     is configured (PRIMER_FORGE, PRIMER_FORGE_URL, PRIMER_FORGE_REPO, PRIMER_FORGE_TOKEN).
     """
-    settings = PromotionSettings.load(service_url=service_url)
+    settings = MonitorSettings.load(service_url=service_url)
     drift: list[str] = []
     unchecked: list[str] = []  # what could not be compared: never reported as "in sync"
     # Absolute: `git log` runs in the pin's folder.
@@ -383,6 +412,7 @@ def status(service_url: str | None, strict: bool) -> None:
     _status_aliases(settings.tracking_uri, pinned, drift, unchecked)
     if settings.service_url:
         _status_service(settings.service_url, pinned, drift)
+    _status_live(settings, pinned)
     _status_prs(settings, unchecked)
     for d in drift:
         click.echo(f"DRIFT: {d}")

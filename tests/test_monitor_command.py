@@ -20,7 +20,7 @@ from ml import monitor
 from ml.data import load_prices
 from ml.features import FEATURE_COLUMNS, build_features
 from primer.cli import main as primer
-from tests.support import running_mlflow, scrub_environ
+from tests.support import running_mlflow, scrub_environ, write_pin_text
 
 SOURCE = "synthetic:7"
 
@@ -118,6 +118,13 @@ def test_monitor_scores_each_version_against_the_realized_closes(monkeypatch: py
     again = CliRunner().invoke(primer, ["monitor"])
     assert again.exit_code == 0 and "+0 step(s)" in again.output, again.output
     _assert_step_series_in_mlflow(mlflow_uri, close, given)
+
+    # `primer status` shows the pinned version's live record beside the pin.
+    monkeypatch.setenv("PRIMER_PIN_FILE", str(write_pin_text(tmp_path / "model-version.yaml", 2)))
+    status = CliRunner().invoke(primer, ["status"])
+    live = [line for line in status.output.splitlines() if line.startswith("live (monitor):")]
+    assert len(live) == 1 and "v2: 24 scored day(s)" in live[0], status.output
+    assert f"vs climatology {table[2][5]:.4f}" in live[0], status.output
 
 
 def _assert_step_series_in_mlflow(uri: str, close: np.ndarray, given: dict[int, dict[int, float]]) -> None:
