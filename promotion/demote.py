@@ -302,7 +302,8 @@ def propose_demotion(report: LiveReport, target: DemotionTarget | None, promotio
         return DemotionOutcome(status, pinned, target.version, promotion.branch,
                                detail=f"{promotion.branch} now pins {found}, not the judged v{pinned}")
     except (GitError, ForgeError, PinError) as exc:
-        raise DemotionProposalError(f"demotion of {MODEL_NAME} v{pinned} to v{target.version} failed: {exc} "
+        said = " ".join(str(exc).split())  # git's stderr spans lines; the error is one
+        raise DemotionProposalError(f"demotion of {MODEL_NAME} v{pinned} to v{target.version} failed: {said} "
                                     "(nothing merged; the next `primer monitor` retries)") from exc
     if outcome.status == "already_pinned":
         return outcome
