@@ -10,6 +10,11 @@ Nothing here imports BentoML, so the logic is importable (and testable) on its o
 * The **feature thread** builds tomorrow's feature row from the configured data
   source, at most once per trading day and TTL. When fresh data cannot be had it
   falls back to the row stored with the model at training time (``stale: true``).
+  The trading day is the clock's: today (UTC) in live mode; with ``PRIMER_MODE=replay``
+  the replay clock's anchor (:mod:`ml.replay`, the clock training follows), so answers'
+  ``as_of`` walk through history one simulated trading day per replay interval.
+* The **live report** of the served version (:mod:`bentos.live_metrics`) is re-read by
+  a thread of its own, for ``/metrics`` and ``/model``.
 
 Whenever the model or the feature row changes, the P(up) for (version, as_of) is
 computed once and published as an immutable :class:`Answer`. A request only
@@ -30,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from bentos.live_metrics import LiveMetrics
 from bentos.prediction_log import PredictionLog
 from contract import prediction_log as logged
 from contract.errors import one_line
@@ -68,7 +74,7 @@ class FetchedRow:
     frame: Any  # 1-row DataFrame with FEATURE_COLUMNS
     as_of: date
     fetched_at: float  # time.monotonic() of the successful fetch
-    fetched_day: date  # UTC day of the fetch (a new trading day invalidates the row)
+    fetched_day: ClockDay  # the clock's day of the fetch (a new day invalidates the row)
 
 
 @dataclass(frozen=True)
@@ -81,12 +87,18 @@ class Answer:
     stale: bool
 
 
+# The clock's day: the UTC date in live mode, the replay clock's step in replay mode
+# (the step is what moves the anchor; reading the anchor itself needs the data).
+ClockDay = date | int
+
+
 @dataclass
 class _Status:
     pin_version: int | None = None
     pin_error: str | None = None
     load_error: str | None = None
     feature_error: str | None = None
+    clock_error: str | None = None  # a replay setting that cannot work: reported, not ready
     attempts: int = 0
     next_attempt: float = 0.0
 
@@ -158,6 +170,12 @@ def _read_with_mlflow(tracking_uri: str, version: int) -> Any:
     return StoredVersion(mv.run_id, metrics, estimator, features, problem)
 
 
+def _is_replay_config_error(exc: BaseException) -> bool:
+    from ml.replay import ReplayConfigError
+
+    return isinstance(exc, ReplayConfigError)
+
+
 def _zero_row(columns: tuple[str, ...]) -> Any:
     import pandas as pd
 
@@ -173,16 +191,37 @@ def fetch_tomorrow_row(data_source: str, today: date) -> tuple[Any, date]:
     return tomorrow_row(prices)
 
 
+def fetch_replay_row(data_source: str, clock: Any, now: datetime) -> tuple[Any, date]:
+    """Tomorrow's feature row as of the replay clock's anchor (``clock``: an ``ml.replay.ReplayClock``).
+
+    The same window training reads (``ml.pipeline``: prices up to ``load_until``, cut at the
+    anchor), so a replayed answer's ``as_of`` is the day the trainer sees as today.
+    """
+    import pandas as pd
+
+    from ml.data import load_prices
+    from ml.features import tomorrow_row
+
+    load_until = min(datetime.now(UTC).date(), clock.load_until(now))
+    prices = load_prices(data_source, start=clock.start - timedelta(days=LOOKBACK_DAYS), end=load_until)
+    anchor = clock.anchor(prices["date"], now)
+    dates = pd.to_datetime(prices["date"])
+    keep = (dates <= pd.Timestamp(anchor)) & (dates >= pd.Timestamp(anchor - timedelta(days=LOOKBACK_DAYS)))
+    return tomorrow_row(prices.loc[keep].reset_index(drop=True))
+
+
 @dataclass
 class Runtime:
     settings: ServingSettings
     loader: Callable[[str, int], LoadedModel] = load_served_model
     fetcher: Callable[[str, date], tuple[Any, date]] = fetch_tomorrow_row
+    replay_fetcher: Callable[[str, Any, datetime], tuple[Any, date]] = fetch_replay_row
     # Published state: each is replaced as a whole, never mutated, so readers need no lock.
     model: LoadedModel | None = None
     features: FetchedRow | None = None
     answer: Answer | None = None
     prediction_log: PredictionLog | None = None  # records each published answer once, off the request path
+    live_metrics: LiveMetrics | None = None  # the served version's live report (for /metrics and /model)
     _status: _Status = field(default_factory=_Status)
     _pin_text: str | None = None
     _pin_seen: bool = False
@@ -193,6 +232,7 @@ class Runtime:
     _wake_features: threading.Event = field(default_factory=threading.Event)
     _first_load_done: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
+    _clock: Any = None  # ml.replay.ReplayClock in replay mode, built by the feature thread
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
@@ -200,18 +240,25 @@ class Runtime:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
-        if self.prediction_log is not None:
-            self.prediction_log.start()
+        for helper in (self.prediction_log, self.live_metrics):
+            if helper is not None:
+                helper.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._wake_features.set()
-        if self.prediction_log is not None:
-            self.prediction_log.stop()
+        for helper in (self.prediction_log, self.live_metrics):
+            if helper is not None:
+                helper.stop()
 
     @property
     def ready(self) -> bool:
-        return self.model is not None
+        """The pinned model is loaded and the clock can work (a bad replay setting keeps old pods serving)."""
+        return self.model is not None and self._status.clock_error is None
+
+    def served_version(self) -> int | None:
+        model = self.model
+        return model.version if model is not None else None
 
     # -- model thread --------------------------------------------------------------
     def _model_loop(self) -> None:
@@ -308,13 +355,33 @@ class Runtime:
         self.publish()
 
     # -- feature thread ------------------------------------------------------------
-    def features_fresh(self, now: float | None = None, today: date | None = None) -> bool:
+    def features_fresh(self, now: float | None = None, today: ClockDay | None = None) -> bool:
         row = self.features
         if row is None:
             return False
         now = time.monotonic() if now is None else now
-        today = datetime.now(UTC).date() if today is None else today
+        today = self.clock_day() if today is None else today
         return row.fetched_day == today and now - row.fetched_at <= self.settings.feature_ttl_seconds
+
+    def clock_day(self, now: datetime | None = None) -> ClockDay:
+        """The UTC day (live), or the replay clock's step (replay; -1 while the clock cannot work)."""
+        now = datetime.now(UTC) if now is None else now
+        if self.settings.mode != "replay":
+            return now.date()
+        clock = self.replay_clock()
+        return clock.steps(now) if clock is not None else -1
+
+    def replay_clock(self) -> Any:
+        """The replay clock of the settings (built once), or None with the reason in ``clock_error``."""
+        if self._clock is None and self._status.clock_error is None:
+            from ml.replay import ReplayConfigError, clock_from_settings  # pandas: not in the supervisor
+
+            try:
+                self._clock = clock_from_settings(self.settings)
+            except ReplayConfigError as exc:
+                self._status.clock_error = f"PRIMER_MODE=replay: {exc}"
+                log.error("%s; not ready", self._status.clock_error)
+        return self._clock
 
     def _feature_loop(self) -> None:
         # Readiness waits for the model, not for market data: let the model's
@@ -339,13 +406,24 @@ class Runtime:
             self._wake_features.clear()
 
     def refresh_features(self) -> bool:
-        today = datetime.now(UTC).date()
+        now = datetime.now(UTC)
+        today = self.clock_day(now)
         try:
-            frame, as_of = self.fetcher(self.settings.data_spec(), today)
+            if self.settings.mode == "replay":
+                clock = self.replay_clock()
+                if clock is None:
+                    raise RuntimeError(self._status.clock_error)
+                frame, as_of = self.replay_fetcher(self.settings.data_spec(), clock, now)
+            else:
+                frame, as_of = self.fetcher(self.settings.data_spec(), now.date())
         except Exception as exc:
             self._status.feature_error = f"fetching prices from {self.settings.data_source!r} failed: {one_line(exc)}"
+            if self._clock is not None and _is_replay_config_error(exc):  # e.g. PRIMER_REPLAY_START past the data
+                self._status.clock_error = f"PRIMER_MODE=replay: {one_line(exc)}"
             log.warning("%s; serving the last known feature row (stale)", self._status.feature_error)
             return False
+        if self._clock is not None:
+            self._status.clock_error = None  # the clock found its day in the data
         self.features = FetchedRow(frame=frame, as_of=as_of, fetched_at=time.monotonic(), fetched_day=today)
         self._status.feature_error = None
         log.info("features for tomorrow as of %s from %s", as_of, self.settings.data_source)
@@ -406,14 +484,14 @@ class Runtime:
 
     def status(self) -> dict[str, Any]:
         model, st, answer = self.model, self._status, self.answer
-        errors = [e for e in (st.pin_error, st.load_error) if e]
+        errors = [e for e in (st.pin_error, st.load_error, st.clock_error) if e]
         return {
             "model_name": MODEL_NAME,
             "model_version": str(model.version) if model else None,
             "run_id": model.run_id if model else None,
             "metrics": model.metrics if model else {},
             "loaded_at": model.loaded_at if model else None,
-            "ready": model is not None,
+            "ready": self.ready,
             "last_error": "; ".join(errors) if errors else None,
             "pin_source": str(self.settings.pin_path()),
             "pinned_version": str(st.pin_version) if st.pin_version is not None else None,
@@ -424,4 +502,5 @@ class Runtime:
             "stale": answer.stale if answer else None,
             "feature_error": st.feature_error,
             "prediction_log": self.prediction_log.status() if self.prediction_log is not None else None,
+            "live": self.live_metrics.status() if self.live_metrics is not None else None,
         }

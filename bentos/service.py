@@ -29,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from bentos.live_metrics import LiveMetrics, exposition
 from bentos.prediction_log import PredictionLog
 from bentos.runtime import Answer, Runtime, log
 from contract.names import CHAMPION_ALIAS, MODEL_NAME
@@ -112,6 +113,23 @@ class PredictionLogInfo(BaseModel):
     last_error: str | None = Field(description="why the last write failed; null once writing works")
 
 
+class LiveInfo(BaseModel):
+    url: str = Field(description="where the reports are read (the prediction log's database), without credentials")
+    model_version: str | None = Field(description="the version the report is about (always the one serving now)")
+    as_of: str | None = Field(description="the last scored answer's as_of")
+    scored_days: int | None = Field(description="answers of this version scored against the next close")
+    log_loss_model: float | None = Field(description="mean log loss of the version's answers, all scored days")
+    log_loss_climatology: float | None = Field(description="climatology's mean log loss on the same days")
+    worse_than_climatology_p_value: float | None = Field(
+        description="one-sided p-value of the gate's paired test that climatology beats the model")
+    demotion_warranted: bool | None = Field(description="true when the live evidence says roll this version back")
+    drift_alerts: dict[str, bool] | None = Field(description="each drift check (features, up_rate, skew): beyond "
+                                                             "its threshold?")
+    updated_at: str | None = Field(description="when primer monitor wrote the report")
+    read_at: str | None = Field(description="when the service last read it")
+    error: str | None = Field(description="why there is no report (none yet, no table, database down); null if read")
+
+
 class ModelInfo(BaseModel):
     model_name: str
     model_version: str | None
@@ -129,6 +147,8 @@ class ModelInfo(BaseModel):
     stale: bool | None
     feature_error: str | None
     prediction_log: PredictionLogInfo | None = Field(description="null when PRIMER_PREDICTION_LOG is empty")
+    live: LiveInfo | None = Field(description="the served version's live report from primer monitor (the values "
+                                              "/metrics exports); null when PRIMER_PREDICTION_LOG is empty")
 
 
 class Problem(BaseModel):
@@ -323,7 +343,7 @@ def _current_service() -> PrimerService | None:
 
 def _unavailable(runtime: Runtime) -> JSONResponse:
     status = runtime.status()
-    if status["ready"]:  # a model, but neither fresh data nor a stored feature row
+    if status["model_version"] is not None:  # a model, but neither fresh data nor a stored feature row
         error = f"no feature row for tomorrow yet: {status['feature_error'] or 'fetching market data'}"
     else:
         pinned = "loading the pinned model" if status["pinned_version"] else "no model pinned yet"
@@ -363,6 +383,9 @@ class PrimerService:
 
         settings = ServingSettings.load()
         self.runtime = Runtime(settings, prediction_log=self._prediction_log(settings.prediction_log))
+        if settings.prediction_log:  # primer monitor writes its reports into the same database
+            self.runtime.live_metrics = LiveMetrics(settings.prediction_log, settings.live_refresh_seconds,
+                                                    self.runtime.served_version)
         self.runtime.start()  # returns at once; loading happens in the background
 
     def _prediction_log(self, url: str) -> PredictionLog | None:
@@ -405,6 +428,15 @@ class PrimerService:
 
     async def __is_ready__(self) -> bool:
         return self.runtime.ready
+
+    def __metrics__(self, content: str) -> str:
+        """BentoML's hook on ``/metrics`` (run in a thread): the served version and its live report.
+
+        Rendered from the published snapshot at scrape time, so a version swapped out stops
+        exporting at once (multiprocess gauges cannot drop a label set; see bentos/live_metrics.py).
+        """
+        live = self.runtime.live_metrics
+        return content + exposition(self.runtime.served_version(), live.current() if live is not None else None)
 
     @bentoml.on_shutdown
     def _stop(self) -> None:
