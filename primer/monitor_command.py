@@ -41,12 +41,13 @@ def _visible_prices(settings: MonitorSettings) -> Any:
 
 def run_monitor(run: MonitorRun, *, propose: bool) -> None:
     """Score, write the live reports, log them to MLflow, then propose a demotion if warranted."""
+    from contract.registry import public_uri
     from ml import monitor as scoring
 
     settings = run.settings
     answers = scoring.read_log(settings.prediction_log)
     if answers.empty:
-        click.echo("the prediction log holds no answer yet")
+        click.echo(f"the prediction log {public_uri(settings.prediction_log)} holds no answer yet")
         return
     prices = _visible_prices(settings)
     scored = scoring.scored_days(answers, prices)

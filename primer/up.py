@@ -28,7 +28,7 @@ import psutil
 
 from contract import ui as ui_links
 from contract.errors import PrimerError
-from contract.names import EXPERIMENT_NAME, MLFLOW_PORT, MODEL_NAME, SERVING_PORT
+from contract.names import EXPERIMENT_NAME, MLFLOW_PORT, MODEL_NAME, MONITORING_EXPERIMENT_NAME, SERVING_PORT
 from contract.pin import read_pin
 from contract.settings import LocalSettings, ServingSettings, child_env
 from contract.ui import ui_base
@@ -274,7 +274,7 @@ def _pin_and_sync(p: Plan, total: int) -> None:
 
 def up(p: Plan, *, retrain: bool) -> None:
     started: list[subprocess.Popen] = []
-    total, t0 = 5, time.monotonic()
+    total, t0 = 6, time.monotonic()
     _check_ports(p)
     with _stop_on_interrupt(started):
         _step(1, total, f"MLflow server on {p.tracking_uri}, BentoML service on http://127.0.0.1:{p.port} "
@@ -287,7 +287,14 @@ def up(p: Plan, *, retrain: bool) -> None:
         _pin_and_sync(p, total)
         _step(5, total, "the service loads the pinned version")
         service_ready()
+        _step(6, total, "monitoring: the served answers scored against the next close (primer monitor)")
+        _monitor(p)
     _summary(p, time.monotonic() - t0)
+
+
+def _monitor(p: Plan) -> None:
+    """``primer monitor --warn-only``: never stops `up` (a fresh loop has nothing to score yet)."""
+    subprocess.run([console_script("primer"), "monitor", "--warn-only"], env=p.env, cwd=p.repo)
 
 
 def _first_answer(api: str) -> str:
@@ -323,6 +330,21 @@ def _ui_links(tracking_uri: str) -> str:
     return f"{runs}\n                 {ui_links.model_url(ui, MODEL_NAME)}"
 
 
+def _live_link(tracking_uri: str) -> str:
+    """The monitor's experiment (one run per served version, a step per scored day), or its name."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    ui = ui_base(tracking_uri) or tracking_uri
+    try:
+        experiment = MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name(MONITORING_EXPERIMENT_NAME)
+    except MlflowException:
+        experiment = None
+    if experiment is None:
+        return f"MLflow experiment {MONITORING_EXPERIMENT_NAME} (created by the first scored day)"
+    return ui_links.experiment_url(ui, experiment.experiment_id)
+
+
 def _summary(p: Plan, elapsed: float) -> None:
     api, tracking_uri = f"http://127.0.0.1:{p.port}", p.tracking_uri
     answer = _first_answer(api)
@@ -333,6 +355,9 @@ def _summary(p: Plan, elapsed: float) -> None:
         (f"git merge promote/{MODEL_NAME}-vN", "promote: the service swaps without a restart"),
         (f"{prefix}primer rollback", "roll back to the previous pin (a commit)"),
         (f"{prefix}primer status --service-url {api}", "pin vs MLflow aliases vs what serves: drift?"),
+        (f"{prefix}{PREDICTION_LOG_VAR}={p.env[PREDICTION_LOG_VAR]} primer monitor",
+         "score the served answers once their next close is known; a demotion branch when worse than "
+         "climatology"),
         ("primer down", "stop the servers (the state folder is kept)"),
     ]
     width = max(len(cmd) for cmd, _ in next_steps) + 3
@@ -343,6 +368,8 @@ def _summary(p: Plan, elapsed: float) -> None:
   API            curl "{api}/predictionForTomorrow?threshold=0.3"
                  -> {answer}
   What serves    {api}/model
+  Live metrics   {api}/metrics  (primer_live_*, primer_drift_*: refreshed after each `primer monitor`)
+                 {_live_link(tracking_uri)}
   The pin        {p.settings.pin_path()}  (git decides what serves)
   State, logs    {p.state_dir}
 

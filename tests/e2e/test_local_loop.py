@@ -63,6 +63,9 @@ def test_primer_up_promote_rollback_down(loop_repo: tuple[Path, dict[str, str]])
         # 1. up: MLflow, one training run, the first pin committed, the API ready.
         done = _primer(repo, env, *up_args)
         assert done.returncode == 0, done.stdout + done.stderr
+        # Monitoring ran (nothing to score yet) and the summary says where the live metrics are.
+        assert "monitoring: the served answers scored" in done.stdout and "holds no answer yet" not in done.stderr
+        assert f"Live metrics   {api}/metrics" in done.stdout and "primer monitor" in done.stdout, done.stdout
         pinned = read_pin(repo / PIN_PATH).version
         assert pinned == 1
         log = subprocess.run(["git", "log", "--format=%s", "--", PIN_PATH], cwd=repo, capture_output=True,
