@@ -16,52 +16,10 @@ import pytest
 
 from contract import live_report as names
 from contract import prediction_log as logged
-from contract.live_report import DriftStatus, LiveReport
-from contract.significance import PairedTest
-from ml.features import FEATURE_COLUMNS
+from tests.serving.live_support import answer, live_report, samples, wait_for, write_report
 from tests.support import Service, register_tiny_version, start_service, write_pin_text
 
 REFRESH = "0.5"  # PRIMER_LIVE_REFRESH_SECONDS in these tests
-
-
-def live_report(version: int, scored_days: int, *, demotion: bool = False) -> LiveReport:
-    """A report as the monitor writes it, every field filled (drift and the paired test included)."""
-    scores = {window: {scorer: {metric: 0.1 * (i + 1) + scored_days / 1000 for i, metric in
-                                enumerate(names.SCORE_METRICS)} for scorer in names.SCORERS}
-              for window in names.WINDOWS}
-    test = PairedTest(test="dm", rows=scored_days, improvement=0.002, std_error=0.01, lags=1, p_value=0.42,
-                      level=0.05, bound=-0.01, ci_low=-0.02, ci_high=0.02, mde=0.03)
-    drift = DriftStatus(window_days=20, psi={c: 0.05 for c in FEATURE_COLUMNS}, up_rate_training=0.53,
-                        up_rate_recent=0.45, up_rate_p_value=0.3, skew=1e-9, skew_rows=20,
-                        alerts={check: check == "up_rate" for check in names.DRIFT_CHECKS})
-    return LiveReport(model_version=version, as_of="2026-03-04", scored_days=scored_days, rolling_days=20,
-                      scores=scores, versus_climatology=test.to_dict(), demotion_warranted=demotion, drift=drift,
-                      updated_at=datetime.now(UTC).isoformat(timespec="seconds"))
-
-
-def write_report(url: str, report: LiveReport) -> None:
-    """Insert or replace the version's row (what ``primer monitor`` does after each scoring)."""
-    from sqlalchemy import MetaData, create_engine, delete, insert
-
-    engine = create_engine(url)
-    table = names.table(MetaData())
-    try:
-        table.create(engine, checkfirst=True)
-        with engine.begin() as conn:
-            conn.execute(delete(table).where(table.c[names.MODEL_VERSION] == report.model_version))
-            conn.execute(insert(table).values({names.MODEL_VERSION: report.model_version,
-                                               names.REPORT: report.to_json(),
-                                               names.UPDATED_AT: datetime.now(UTC)}))
-    finally:
-        engine.dispose()
-
-
-def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
-    """Every sample of a /metrics page, parsed by prometheus_client's own parser."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return [(s.name, dict(s.labels), s.value) for family in text_string_to_metric_families(text)
-            for s in family.samples]
 
 
 def live_samples(svc: Service) -> list[tuple[str, dict[str, str], float]]:
@@ -82,22 +40,6 @@ def documented_model(svc: Service) -> dict[str, Any]:
     info = svc.model()
     ModelInfo.model_validate(info, strict=True)
     return info
-
-
-def wait_for(svc: Service, condition: Any, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert svc.proc.poll() is None, svc.log_tail()
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}; /model: {svc.model()}\n{svc.log_tail()}")
-
-
-def answer(svc: Service, version: int) -> dict[str, Any]:
-    wait_for(svc, lambda: svc.get("/predictionForTomorrow").json().get("model_version") == str(version),
-             f"version {version} to answer", timeout=60)
-    return dict(svc.get("/predictionForTomorrow").json())
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +76,13 @@ def test_the_served_versions_live_report_is_on_metrics_and_follows_the_row_and_t
     exported = {name for name, _, _ in live_samples(svc)}
     assert exported == set(names.live_metric_names())  # every name the contract lists, no other
     assert value(svc, names.METRIC_SERVED_VERSION) == first
-    assert value(svc, names.score_metric_name("log_loss"), window="rolling", scorer="climatology") == \
-        pytest.approx(0.112)
+    report, scores = live_report(first, 12), 0
+    for sample_name, labels, sample_value in live_samples(svc):
+        metric = sample_name.removeprefix(names.METRIC_SCORE_PREFIX)
+        if metric in names.SCORE_METRICS:
+            assert sample_value == pytest.approx(report.scores[labels["window"]][labels["scorer"]][metric])
+            scores += 1
+    assert scores == len(names.WINDOWS) * len(names.SCORERS) * len(names.SCORE_METRICS)
     assert value(svc, names.METRIC_IMPROVEMENT) == pytest.approx(-0.002)  # climatology better: the model's loss
     assert value(svc, names.METRIC_WORSE_P_VALUE) == pytest.approx(0.42)
     assert value(svc, names.METRIC_DRIFT_ALERT, check="up_rate") == 1.0
@@ -145,7 +92,9 @@ def test_the_served_versions_live_report_is_on_metrics_and_follows_the_row_and_t
     live = documented_model(svc)["live"]
     assert (live["model_version"], live["scored_days"], live["demotion_warranted"], live["error"]) == (
         str(first), 12, False, None)
-    assert live["log_loss_model"] == pytest.approx(0.112) and live["drift_alerts"]["up_rate"] is True
+    assert live["log_loss_model"] == pytest.approx(report.scores["all"]["model"]["log_loss"])
+    assert live["log_loss_climatology"] == pytest.approx(report.scores["all"]["climatology"]["log_loss"])
+    assert live["drift_alerts"] == {"features": False, "up_rate": True, "skew": False}
 
     write_report(url, live_report(first, 13, demotion=True))  # the monitor scored one more day
     wait_for(svc, lambda: value(svc, names.METRIC_SCORED_DAYS) == 13, "the changed row on /metrics", timeout=10)
