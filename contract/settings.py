@@ -230,7 +230,20 @@ class PromotionSettings(RepoSettings):
         return in_repo if in_repo.exists() else Path(__file__).resolve().parent.parent / POLICY_PATH
 
 
-class TrainSettings(PromotionSettings, StateSettings, DataSettings, ReplaySettings):
+class TrainingWindowSettings(_Settings):
+    """How many years of rows a model is fitted on (training; the monitor's climatology fallback)."""
+
+    train_years: float = Field(10.0, description="Training window cap in years (> 0), per fold and for the final fit.")
+
+    @field_validator("train_years")
+    @classmethod
+    def _years_positive(cls, value: float) -> float:
+        if not (math.isfinite(value) and value > 0):  # "nan" and "inf" parse as floats
+            raise ValueError("must be a positive number")
+        return value
+
+
+class TrainSettings(PromotionSettings, StateSettings, DataSettings, ReplaySettings, TrainingWindowSettings):
     """``primer train``: the pipeline, then the promotion step."""
 
     entry_point: ClassVar[str] = "primer train (the training CronJob), primer backtest"
@@ -242,7 +255,6 @@ class TrainSettings(PromotionSettings, StateSettings, DataSettings, ReplaySettin
     eval_days: int = Field(
         1000, description="Walk-forward comparison: at least this many out-of-sample trading days (>= 60).",
     )
-    train_years: float = Field(10.0, description="Training window cap in years (> 0), per fold and for the final fit.")
     candidates_file: Path | None = Field(
         None, description="Candidate grid YAML. Default: the packaged `ml/candidates.yaml`.",
     )
@@ -252,12 +264,6 @@ class TrainSettings(PromotionSettings, StateSettings, DataSettings, ReplaySettin
         ``PRIMER_STATE_DIR`` on a volume the CronJob mounts, else each pod starts cold)."""
         return self.state_path() / "fold-cache"
 
-    @field_validator("train_years")
-    @classmethod
-    def _years_positive(cls, value: float) -> float:
-        if not (math.isfinite(value) and value > 0):  # "nan" and "inf" parse as floats
-            raise ValueError("must be a positive number")
-        return value
 
 
 class PredictionLogSettings(_Settings):
@@ -305,7 +311,7 @@ class ServingSettings(RepoSettings, DataSettings, ReplaySettings, PredictionLogS
         return _finite(value)
 
 
-class MonitorSettings(PromotionSettings, DataSettings, ReplaySettings, PredictionLogSettings):
+class MonitorSettings(PromotionSettings, DataSettings, ReplaySettings, PredictionLogSettings, TrainingWindowSettings):
     """``primer monitor``: score the logged answers, watch drift, propose a demotion."""
 
     entry_point: ClassVar[str] = "primer monitor (the training CronJob's first step, primer up)"

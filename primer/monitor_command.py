@@ -61,6 +61,48 @@ def run_monitor(run: MonitorRun, *, propose: bool) -> None:
     for version, waiting in sorted(scoring.unscored(answers, scored).items()):
         click.echo(f"version {version}: {waiting} answer(s) wait for their next close")
     _log_to_mlflow(run, [s for s in scored if s.model_version in reports], reports)
+    pinned = _pinned(settings)
+    if pinned is not None and pinned in reports:
+        click.echo(f"live {scoring.summary_line(reports[pinned])}")
+        if reports[pinned].demotion_warranted:
+            _demote(run, next(s for s in scored if s.model_version == pinned), reports[pinned], prices, propose)
+
+
+def _pinned(settings: MonitorSettings) -> int | None:
+    """The pinned version; an unreadable pin skips the demotion check (the reports are written)."""
+    from contract.pin import PinError, read_pin
+
+    try:
+        return read_pin(settings.pin_path()).version
+    except PinError as exc:
+        click.echo(f"warning: no demotion check: {exc}", err=True)
+        return None
+
+
+def _demote(run: MonitorRun, scored: Any, report: Any, prices: Any, propose: bool) -> None:
+    """The pinned version is worse than climatology: choose where to roll back, open the pull request."""
+    if not propose or run.thresholds.demotion == "off":
+        why = "--no-propose" if not propose else "demotion: off in monitoring.yaml"
+        click.echo(f"[demote] v{report.model_version} warrants a demotion; not proposed ({why})")
+        return
+    from ml.demotion import ClimatologyFit, choose_target
+    from ml.pipeline import TRADING_DAYS_PER_YEAR
+    from ml.tracking import Tracker
+    from primer.promotion_commands import pin_history_of, previous_version
+    from promotion.demote import propose_demotion
+    from promotion.propose import load_promotion
+
+    settings = run.settings
+    promotion = load_promotion(settings)
+    previous = previous_version(pin_history_of(settings), report.model_version)
+    tracker = Tracker.connect(settings.tracking_uri)
+    fit = ClimatologyFit(prices, int(round(settings.train_years * TRADING_DAYS_PER_YEAR)), settings.data_spec(),
+                         settings.repo_root())
+    target = choose_target(tracker, pinned=report.model_version, previous=previous, days=scored.days,
+                           gate=run.gate, fit=fit)
+    if target is not None:
+        click.echo(f"[demote] target v{target.version}: {target.reason}")
+    click.echo(f"[demote] {propose_demotion(report, target, promotion, tracker.client).message}")
 
 
 def _log_to_mlflow(run: MonitorRun, scored: list[Any], reports: dict[int, Any]) -> None:

@@ -258,13 +258,16 @@ def registry_sync() -> None:
     click.echo(result.message)
 
 
-def _ever_pinned(settings: PromotionSettings) -> set[int]:
-    """Every version the pin held in git: the branch at PRIMER_GIT_REMOTE, else this repository."""
+def pin_history_of(settings: PromotionSettings) -> list[gitops.PinCommit]:
+    """The pin's git history (newest first): the branch at PRIMER_GIT_REMOTE, else this repository."""
     if settings.git_remote:
-        history = gitops.remote_pin_history(settings.git_remote, settings.git_branch or "main", settings.token())
-    else:
-        history = gitops.pin_history(settings.repo_root())
-    return {c.version for c in history if c.version is not None}
+        return gitops.remote_pin_history(settings.git_remote, settings.git_branch or "main", settings.token())
+    return gitops.pin_history(settings.repo_root())
+
+
+def _ever_pinned(settings: PromotionSettings) -> set[int]:
+    """Every version the pin held in git."""
+    return {c.version for c in pin_history_of(settings) if c.version is not None}
 
 
 @registry_group.command("prune")
