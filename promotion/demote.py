@@ -96,6 +96,10 @@ def _fmt(x: Any, digits: int = 4) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
+def _p(p: float) -> str:
+    return f"= {p:.3f}" if p >= 0.001 else f"= {p:.1e}"  # a tiny p-value keeps its magnitude
+
+
 def _scores_table(report: LiveReport) -> list[str]:
     out = ["| window | scorer | " + " | ".join(SCORE_METRICS) + " |", "|---" * (len(SCORE_METRICS) + 2) + "|"]
     for window, scorers in report.scores.items():
@@ -113,7 +117,7 @@ def _test_lines(report: LiveReport, policy: Policy) -> list[str]:
     return [
         f"- `{t['test']}` on **{t['rows']}** scored days, climatology as the challenger: its log loss is lower by "
         f"**{t['improvement']:+.4f}** nats/day (95% CI {t['ci_low']:+.4f} … {t['ci_high']:+.4f}; one-sided bound "
-        f"{t['bound']:+.4f}; p = **{t['p_value']:.3f}** at level {t['level']})",
+        f"{t['bound']:+.4f}; p {_p(t['p_value'])} at level {t['level']})",
         f"- the gate's rule (`{POLICY_PATH}`): test `{policy.test}`, one-sided level {policy.level}, "
         f"min_effect {policy.min_effect} nats/day; positive = climatology's forecasts lost less",
     ]
@@ -129,7 +133,7 @@ def _target_lines(target: DemotionTarget) -> list[str]:
         out.append(f"- previously pinned v{target.previous}: {_fmt(target.previous_log_loss)}")
     if (t := target.previous_vs_climatology) is not None:
         out.append(f"- v{target.previous} vs climatology (climatology as the challenger): lower by "
-                   f"{t['improvement']:+.4f} nats/day, p = {t['p_value']:.3f}")
+                   f"{t['improvement']:+.4f} nats/day, p {_p(t['p_value'])}")
     if target.registered_now:
         out.append(f"- v{target.version} was fitted and registered for this demotion (no climatology version existed)")
     return out
@@ -191,7 +195,7 @@ def commit_message(report: LiveReport, target: DemotionTarget) -> str:
     if (t := report.versus_climatology) is not None:
         lines.append(f"v{report.model_version} on {t['rows']} scored live days to {report.as_of}: climatology's log "
                      f"loss lower by {t['improvement']:+.4f} nats/day (95% CI {t['ci_low']:+.4f}..{t['ci_high']:+.4f}, "
-                     f"p = {t['p_value']:.3f})")
+                     f"p {_p(t['p_value'])})")
     lines.append(f"target v{target.version} ({target.kind}): {target.reason}")
     return "\n".join(lines) + "\n"
 

@@ -46,7 +46,7 @@ def target(pinned: int, version: int, kind: str = "previous", days: int = 40) ->
                           reason=f"previously pinned v{version} lost less on the same {days} days",
                           days=days, first_day="2026-01-05", last_day="2026-03-02", pinned_log_loss=0.7412,
                           target_log_loss=0.6899, previous=version, previous_log_loss=0.6899,
-                          previous_vs_climatology={"improvement": -0.0003, "p_value": 0.61})
+                          previous_vs_climatology={"improvement": -0.0003, "p_value": 0.61})  # as PairedTest.to_dict
 
 
 def promotion(monkeypatch: pytest.MonkeyPatch, forge: FakeForge | None) -> Promotion:
@@ -78,9 +78,10 @@ def test_one_pr_reused_refreshed_then_superseded(promo_env: Repos, promo_mlflow:
     assert pr["head"]["ref"] == branch and pr["base"]["ref"] == "main"
     assert pr["title"] == demotion_title(pinned, previous) and first.pr_url == pr["html_url"]
     body = pr["body"]
-    for evidence in ("**40** scored live days", "+0.0510", "0.0267", "0.0753", "p = **0.000**", "0.7412", "0.6902",
-                     f"**v{previous}**, the previously pinned version", "features: ALERT", "ret_1 0.310",
-                     f"/#/models/{MODEL_NAME}/versions/{pinned}?", "replay mode", "nothing merges it automatically"):
+    for evidence in ("**40** scored live days", "+0.0510", "0.0267", "0.0753", "p = 4.0e-04 at level 0.05",
+                     "0.7412", "0.6902", f"**v{previous}**, the previously pinned version", "features: ALERT",
+                     "ret_1 0.310", f"/#/models/{MODEL_NAME}/versions/{pinned}?", "replay mode",
+                     "nothing merges it automatically"):
         assert evidence in body, evidence
     assert promo_env.remote_pin(branch).endswith(f"version: {previous}")
     assert promo_env.remote_pin("main").endswith(f"version: {pinned}")  # never merged
