@@ -19,7 +19,8 @@ means another branch, and the older demotion PRs are closed with a comment point
 one. One branch per (pinned, target), so no branch is ever rewritten. A failed push or forge
 call leaves the pin and any open PR as they were and raises :class:`DemotionProposalError`;
 the next run (the evidence is still there) does it again. The pinned version is tagged in
-MLflow with ``demotion_pr`` and ``demotion_target``.
+MLflow with ``demotion_pr`` and ``demotion_target``; a target that was never pinned is tagged
+``promotion_status=proposed`` (an open PR names it: never pruned).
 """
 
 from __future__ import annotations
@@ -37,7 +38,16 @@ from contract import ui as ui_links
 from contract.demotion import DemotionTarget
 from contract.errors import PrimerError, one_line
 from contract.live_report import SCORE_METRICS, LiveReport
-from contract.names import CLIMATOLOGY_FAMILY, MODEL_NAME, PIN_PATH, POLICY_PATH, Tag, demotion_branch, demotion_title
+from contract.names import (
+    CLIMATOLOGY_FAMILY,
+    MODEL_NAME,
+    PIN_PATH,
+    POLICY_PATH,
+    PromotionStatus,
+    Tag,
+    demotion_branch,
+    demotion_title,
+)
 from contract.pin import PinError
 from promotion import gitops
 from promotion.forge import Forge, ForgeError
@@ -277,6 +287,10 @@ def _tag(c: Any, outcome: DemotionOutcome) -> None:
     where = outcome.pr_url or f"branch {outcome.branch}"
     c.set_model_version_tag(MODEL_NAME, str(outcome.pinned), Tag.DEMOTION_PR.value, where)
     c.set_model_version_tag(MODEL_NAME, str(outcome.pinned), Tag.DEMOTION_TARGET.value, str(outcome.target))
+    # A target never pinned before (a climatology version registered for this) is now named by an
+    # open PR: "proposed" keeps `primer registry prune` from deleting it before the PR is merged.
+    if outcome.target is not None and registry.status_of(c, outcome.target) in (None, PromotionStatus.CANDIDATE):
+        registry.set_status(c, outcome.target, PromotionStatus.PROPOSED)
 
 
 def propose_demotion(report: LiveReport, target: DemotionTarget | None, promotion: Promotion,

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from contract import registry
 from contract.demotion import DemotionTarget
 from contract.live_report import DriftStatus, LiveReport
-from contract.names import MODEL_NAME, Tag, demotion_branch, demotion_title
+from contract.names import MODEL_NAME, PromotionStatus, Tag, demotion_branch, demotion_title
 from contract.settings import PromotionSettings
 from promotion.demote import DemotionProposalError, evidence_digest, propose_demotion
 from promotion.propose import Promotion, load_promotion
@@ -110,6 +110,10 @@ def test_one_pr_reused_refreshed_then_superseded(promo_env: Repos, promo_mlflow:
     assert new_pr["head"]["ref"] == demotion_branch(pinned, climatology)
     assert any(cm["number"] == pr["number"] and moved.pr_url in cm["body"] for cm in fake_forge.comments)
     assert tags(promo_mlflow, pinned)[Tag.DEMOTION_TARGET] == str(climatology)
+    # Named by an open PR: proposed, so `primer registry prune` keeps it; the pinned version's status is kept.
+    assert tags(promo_mlflow, climatology)[Tag.PROMOTION_STATUS] == PromotionStatus.PROPOSED
+    assert tags(promo_mlflow, pinned)[Tag.PROMOTION_STATUS] == PromotionStatus.CANDIDATE
+    assert climatology not in registry.prunable_versions(c, keep=set(), keep_recent=0)
     assert promo_env.remote_pin("main").endswith(f"version: {pinned}")
 
 
