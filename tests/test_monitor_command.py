@@ -163,3 +163,12 @@ def test_monitor_with_an_unreachable_log_names_it(monkeypatch: pytest.MonkeyPatc
     r = CliRunner().invoke(primer, ["monitor"])
     assert r.exit_code != 0
     assert "error: prediction log" in r.output and "unreachable" in r.output, r.output
+
+
+def test_warn_only_never_fails_the_caller(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The training CronJob runs `primer monitor --warn-only` first: a broken log must not block training."""
+    scrub_environ(monkeypatch)
+    monkeypatch.setenv("PRIMER_PREDICTION_LOG", f"sqlite:///{tmp_path / 'missing-dir' / 'log.db'}")
+    r = CliRunner().invoke(primer, ["monitor", "--warn-only"])
+    assert r.exit_code == 0, r.output
+    assert "warning: primer monitor did not complete: prediction log" in r.output and "unreachable" in r.output
