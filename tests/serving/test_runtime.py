@@ -241,3 +241,39 @@ def test_a_fresh_row_with_the_stored_rows_date_is_scored_not_served_from_cache(t
     rt.publish()
     assert rt.answer.stale is False and rt.answer.as_of == day.isoformat()
     assert rt.answer.confidence == pytest.approx(0.9)
+
+
+def _replay_runtime(pin: Path, loader: Loader, **replay: object) -> tuple[Runtime, list[tuple[object, object]]]:
+    calls: list[tuple[object, object]] = []
+
+    def replay_fetch(source: str, clock: object, now: object) -> tuple[pd.DataFrame, date]:
+        calls.append((clock, now))
+        return _row(0.5), date(2021, 3, 1)
+
+    settings = Settings(pin_file=pin, tracking_uri="http://mlflow", data_source="x", mode="replay", **replay)
+    rt = Runtime(settings, loader=loader, replay_fetcher=replay_fetch)  # type: ignore[arg-type]
+    return rt, calls
+
+
+def test_in_replay_mode_a_row_is_fresh_until_the_replay_clock_steps(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    epoch = datetime.now(UTC) - timedelta(seconds=11)
+    rt, calls = _replay_runtime(write_pin_text(tmp_path / "pin.yaml", 7), Loader(), replay_start=date(2021, 3, 1),
+                                replay_epoch=epoch, replay_interval_seconds=2.0)
+    _tick(rt)
+    assert rt.refresh_features() and len(calls) == 1
+    clock, _ = calls[0]
+    day = rt.features.fetched_day  # type: ignore[union-attr]
+    assert day == clock.steps() in (5, 6)  # type: ignore[attr-defined]
+    assert rt.features_fresh(today=day) and not rt.features_fresh(today=day + 1)  # type: ignore[operator]
+    assert rt.clock_day(epoch + timedelta(seconds=4.5)) == 2  # the clock's step, not the UTC day
+    assert rt.ready and rt.status()["last_error"] is None
+
+
+def test_a_replay_setting_that_cannot_work_is_reported_and_not_ready(tmp_path: Path) -> None:
+    rt, calls = _replay_runtime(write_pin_text(tmp_path / "pin.yaml", 7), Loader(), replay_epoch="2026-01-01T00:00Z")
+    _tick(rt)
+    assert rt.model is not None and not rt.refresh_features() and calls == []
+    status = rt.status()
+    assert status["ready"] is False and "PRIMER_REPLAY_START" in status["last_error"]
