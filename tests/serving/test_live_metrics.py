@@ -108,6 +108,7 @@ def test_the_served_versions_live_report_is_on_metrics_and_follows_the_row_and_t
         assert {labels["model_version"] for _, labels, _ in live_samples(svc)} <= {str(first)}
         assert svc.proc.poll() is None and time.monotonic() < deadline, svc.log_tail()
     # From the swap on, never the old version's values: the new one's, or none until read.
+    assert str(first) not in {labels["model_version"] for _, labels, _ in live_samples(svc)}
     wait_for(svc, lambda: value(svc, names.METRIC_SCORED_DAYS) == 3, "the new version's report", timeout=10)
     assert {labels["model_version"] for _, labels, _ in live_samples(svc)} == {str(second)}
     assert svc.model()["live"]["model_version"] == str(second)
