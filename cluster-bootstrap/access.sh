@@ -13,6 +13,10 @@ argocd_password=$(secret_value argocd argocd-initial-admin-secret password 2>/de
 gitea_user=$(secret_value gitea gitea-admin username)
 gitea_password=$(secret_value gitea gitea-admin password)
 api="http://$WORKER_IP:$SERVING_NODE_PORT/predictionForTomorrow"
+# The dashboard provisioned from git (apps/monitoring/grafana/dashboards/primer.json, uid primer).
+grafana="http://$WORKER_IP:$GRAFANA_NODE_PORT/d/primer"
+grafana_user=$(secret_value monitoring grafana-admin username 2>/dev/null || echo "<not created yet: rerun platform.sh>")
+grafana_password=$(secret_value monitoring grafana-admin password 2>/dev/null || echo "<not created yet: rerun platform.sh>")
 # The UI's machine-learning view (MLflow 3 opens GenAI pages otherwise): see contract/ui.py.
 mlflow_models="http://$WORKER_IP:$MLFLOW_NODE_PORT/#/models/spy-direction?workflowType=machine_learning"
 
@@ -24,6 +28,8 @@ cat <<MSG
            repo: http://$WORKER_IP:$GITEA_NODE_PORT/$GITEA_OWNER/$GITEA_REPO (promotion PRs land here)
  MLflow    $mlflow_models        (no login; the experiment's runs are one click away)
  API       $api
+ Grafana   $grafana        (no login to view; admin: $grafana_user / $grafana_password)
+ Prometheus http://$WORKER_IP:$PROMETHEUS_NODE_PORT/targets        (no login; what is scraped)
 
  First call (answers a few minutes after the first training run commits the first pin; later winners arrive as PRs):
    curl '$api'

@@ -14,7 +14,7 @@ log "waiting for the nodes to be Ready"
 kubectl wait --for=condition=Ready nodes --all --timeout=600s
 
 log "namespaces"
-for ns in gitea argocd mlflow training serving; do ensure_namespace "$ns"; done
+for ns in gitea argocd mlflow training serving monitoring; do ensure_namespace "$ns"; done
 
 log "bootstrap Secrets (random, generated once, never in git)"
 if ! secret_exists gitea gitea-admin; then
@@ -29,11 +29,41 @@ if ! secret_exists mlflow postgres-credentials; then
     --from-literal=POSTGRES_USER=mlflow --from-literal=POSTGRES_DB=mlflow \
     --from-literal=POSTGRES_PASSWORD="$password" >/dev/null
 fi
-# The replay clock starts when the lab is born (one simulated day per 5 minutes).
+# The prediction log: its own database and role on MLflow's PostgreSQL (apps/mlflow's
+# PostSync Job creates both from this Secret, on every sync), and the SQLAlchemy URL its
+# clients read as PRIMER_PREDICTION_LOG: the service (serving) and `primer monitor`
+# (training). One password, generated once; the URL Secrets are rewritten from it on every
+# run, so they always agree. Hex: safe inside the URL.
+if ! secret_exists mlflow prediction-log-db; then
+  password=$(random_password)
+  kubectl -n mlflow create secret generic prediction-log-db \
+    --from-literal=PREDICTION_LOG_USER="$PREDICTION_LOG_USER" --from-literal=PREDICTION_LOG_DB="$PREDICTION_LOG_DB" \
+    --from-literal=PREDICTION_LOG_PASSWORD="$password" >/dev/null
+fi
+log_password=$(secret_value mlflow prediction-log-db PREDICTION_LOG_PASSWORD)
+[ -n "$log_password" ] || die "Secret mlflow/prediction-log-db has no PREDICTION_LOG_PASSWORD"
+log_url="postgresql+psycopg://$PREDICTION_LOG_USER:$log_password@$PREDICTION_LOG_HOST:5432/$PREDICTION_LOG_DB"
+for ns in serving training; do
+  kubectl -n "$ns" create secret generic prediction-log --dry-run=client -o yaml \
+    --from-literal=PRIMER_PREDICTION_LOG="$log_url" | kubectl apply -f - >/dev/null
+done
+# Grafana's admin (apps/monitoring); everyone else views the dashboard anonymously.
+if ! secret_exists monitoring grafana-admin; then
+  password=$(random_password)
+  kubectl -n monitoring create secret generic grafana-admin \
+    --from-literal=username=admin --from-literal=password="$password" >/dev/null
+fi
+# The replay clock starts when the lab is born (one simulated day per 5 minutes). Training
+# and serving follow the same clock: serving gets a copy of training's epoch (rewritten on
+# every run, so the two can never differ).
 if ! kubectl -n training get configmap replay-clock >/dev/null 2>&1; then
   kubectl -n training create configmap replay-clock \
     --from-literal=PRIMER_REPLAY_EPOCH="$(date -u +%Y-%m-%dT%H:%M:%SZ)" >/dev/null
 fi
+epoch=$(kubectl -n training get configmap replay-clock -o jsonpath='{.data.PRIMER_REPLAY_EPOCH}')
+[ -n "$epoch" ] || die "ConfigMap training/replay-clock has no PRIMER_REPLAY_EPOCH"
+kubectl -n serving create configmap replay-clock --dry-run=client -o yaml \
+  --from-literal=PRIMER_REPLAY_EPOCH="$epoch" | kubectl apply -f - >/dev/null
 
 log "Gitea ($GITEA_IMAGE)"
 render "$BOOTSTRAP_DIR/manifests/gitea.yaml" | kubectl apply --server-side --force-conflicts -f - >/dev/null

@@ -13,7 +13,7 @@ kubectl() { command kubectl --request-timeout=20s "$@"; }
 
 timeout=${1:-900}
 api="http://$WORKER_IP:$SERVING_NODE_PORT/predictionForTomorrow"
-apps_wanted=(root platform mlflow training serving)
+apps_wanted=(root platform mlflow training serving monitoring)
 
 app_state() {  # app_state NAME -> "SYNC HEALTH"
   kubectl -n argocd get application "$1" \

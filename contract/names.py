@@ -35,6 +35,10 @@ SERVING_PORT = 3000
 MLFLOW_PORT = 5000
 SERVING_NODE_PORT = 30951
 WORKER_IP = "192.168.56.21"
+# The lab's monitoring (apps/monitoring): Grafana's dashboard and Prometheus, on the worker's IP.
+GRAFANA_NODE_PORT = 30030
+PROMETHEUS_NODE_PORT = 30090
+GRAFANA_DASHBOARD_UID = "primer"  # apps/monitoring/grafana/dashboards/primer.json
 
 # Where the CLI, the pipeline and the service look for MLflow when
 # MLFLOW_TRACKING_URI is unset: the server `primer up` starts.

@@ -12,7 +12,7 @@ import yaml
 from tests.cluster.support import ARGOCD_CM, REPO
 
 WAVE = "argocd.argoproj.io/sync-wave"
-ORDER = ["platform", "mlflow", "training", "serving"]  # the sync order the design asks for
+ORDER = ["platform", "mlflow", "training", "serving", "monitoring"]  # the sync order the design asks for
 
 
 def _applications(apps, bootstrap) -> dict[str, dict[str, Any]]:

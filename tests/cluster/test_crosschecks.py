@@ -36,7 +36,8 @@ NOT_SET_IN_CLUSTER = {
     "PRIMER_POLICY_FILE": "the gate policy promotion/policy.yaml ships in the image",
     "PRIMER_PIN_POLL_SECONDS": "unused in the cluster: PRIMER_PIN_WATCH is false (a new pin rolls the Deployment)",
     "PRIMER_FEATURE_TTL_SECONDS": "serving default (3600 s)",
-    "PRIMER_PREDICTION_LOG": "not wired yet (issue 13): the service will log to the cluster's PostgreSQL",
+    "PRIMER_LIVE_REFRESH_SECONDS": "serving default (30 s): the live report changes once per training run (5 min)",
+    "PRIMER_MONITORING_FILE": "the monitor's thresholds promotion/monitoring.yaml ship in the image, like the policy",
 }
 
 # Set by bootstrap-created objects (never in git), referenced from the manifests.
@@ -44,6 +45,9 @@ BOOTSTRAP_OBJECTS = {
     ("secret", "postgres-credentials"): ["POSTGRES_USER", "POSTGRES_DB", "POSTGRES_PASSWORD"],
     ("secret", "primer-forge"): ["PRIMER_FORGE_TOKEN"],
     ("configmap", "replay-clock"): ["PRIMER_REPLAY_EPOCH"],
+    ("secret", "prediction-log-db"): ["PREDICTION_LOG_USER", "PREDICTION_LOG_DB", "PREDICTION_LOG_PASSWORD"],
+    ("secret", "prediction-log"): ["PRIMER_PREDICTION_LOG"],
+    ("secret", "grafana-admin"): ["username", "password"],
 }
 
 PROJECT_IMAGE = re.compile(r"/mlops-primer:")
@@ -143,7 +147,10 @@ def test_node_ports_are_distinct_and_match_versions_env(apps, bootstrap, lab) ->
         "mlflow/mlflow": int(lab["MLFLOW_NODE_PORT"]),
         "gitea/gitea-http": int(lab["GITEA_NODE_PORT"]),
         "argocd/argocd-server": int(lab["ARGOCD_NODE_PORT"]),
+        "monitoring/grafana": int(lab["GRAFANA_NODE_PORT"]),
+        "monitoring/prometheus": int(lab["PROMETHEUS_NODE_PORT"]),
     }
+    assert len(set(found.values())) == len(found), found
     assert all(30000 <= p <= 32767 for p in found.values())
 
 
@@ -338,7 +345,7 @@ def test_project_image_comes_from_one_place(apps, lab) -> None:
 
 def test_every_image_is_pinned_and_known(apps, bootstrap, lab) -> None:
     allowed = {f"{lab['IMAGE_REPOSITORY']}:{_image_tag()}", lab["POSTGRES_IMAGE"], lab["REGISTRY_IMAGE"],
-               lab["GITEA_IMAGE"]}
+               lab["GITEA_IMAGE"], lab["PROMETHEUS_IMAGE"], lab["GRAFANA_IMAGE"]}
     for c in containers({**apps, **bootstrap}):
         assert c.spec["image"] in allowed, f"{c.source}: {c.spec['image']} is not pinned in versions.env"
         assert not c.spec["image"].endswith((":latest", ":stable")), c.source
@@ -391,7 +398,7 @@ def test_commands_in_manifests_exist_in_the_cli(apps) -> None:
         _resolve(tool, argv[1:], c.source)
         seen.add(" ".join(a for a in argv[:3] if not a.startswith("-")))
     assert seen == {"primer train", "primer serve", "primer registry sync", "primer registry prune",
-                    "primer data fetch", "mlflow server"}
+                    "primer data fetch", "primer monitor", "mlflow server"}
 
 
 def test_mlflow_reads_the_backend_uri_from_the_env_var_the_manifest_sets(apps) -> None:
@@ -423,8 +430,8 @@ def test_versions_env_pins_every_download(lab) -> None:
             continue  # in-cluster service addresses, not downloads
         assert not re.search(r"/(latest|stable|master|main)/", url), f"{key} is not pinned: {url}"
         assert re.search(r"v?\d+\.\d+", url), f"{key} names no version: {url}"
-    for key in ("REGISTRY_IMAGE", "GITEA_IMAGE", "POSTGRES_IMAGE"):
-        assert re.search(r":\d+\.\d+(\.\d+)?", lab[key]), f"{key} is not pinned to a version: {lab[key]}"
+    for key in ("REGISTRY_IMAGE", "GITEA_IMAGE", "POSTGRES_IMAGE", "PROMETHEUS_IMAGE", "GRAFANA_IMAGE"):
+        assert re.search(r":v?\d+\.\d+(\.\d+)?", lab[key]), f"{key} is not pinned to a version: {lab[key]}"
     assert lab["K8S_VERSION"].startswith("1.35.") and lab["K8S_MINOR"] == "v1.35"
     assert lab["K8S_APT_URL"] == "https://pkgs.k8s.io/core:/stable:/v1.35/deb/"
 

@@ -90,18 +90,21 @@ def worker_pods(apps: dict[str, list[dict[str, Any]]], bootstrap: dict[str, list
                     pods.append(Pod(f"{name} (rollout surge)", surge, request, limit, "rollout"))
             elif obj["kind"] == "CronJob":
                 pods.append(Pod(name, 1, request, limit, "cron"))
-            elif obj["kind"] == "Job":
+            elif obj["kind"] == "Job" and prefix == "apps/serving ":
                 pods.append(Pod(name, 1, request, limit, "hook"))
+            elif obj["kind"] == "Job":  # another app's hook: may run during a serving rollout too
+                pods.append(Pod(name, 1, request, limit, "job"))
     return pods
 
 
 def peak(pods: list[Pod], kind: str) -> float:
-    """The most memory that can be asked for at once. The PostSync hook runs only after a
+    """The most memory that can be asked for at once. Serving's PostSync hook runs only after a
     rollout finished (Argo CD waits for health), so it never meets the surge pod; CronJobs
-    (training every 5 min, pruning hourly) may run during a rollout."""
+    (training every 5 min, pruning hourly) and other apps' hooks (apps/mlflow's) may run
+    during a rollout."""
     def total(whens: set[str]) -> float:
         return sum(getattr(p, kind) * p.copies for p in pods if p.when in whens)
-    return max(total({"always", "cron", "rollout"}), total({"always", "cron", "hook"}))
+    return max(total({"always", "cron", "job", "rollout"}), total({"always", "cron", "job", "hook"}))
 
 
 def budget_table(pods: list[Pod], lab: dict[str, str]) -> str:
@@ -110,7 +113,7 @@ def budget_table(pods: list[Pod], lab: dict[str, str]) -> str:
     rows = ["| worker pod | runs | request MiB | limit MiB |", "|---|---|---:|---:|"]
     for p in pods:
         runs = {"always": "always", "cron": "while its CronJob runs", "rollout": "during a serving rollout",
-                "hook": "after a serving sync"}[p.when]
+                "hook": "after a serving sync", "job": "after an MLflow sync"}[p.when]
         copies = f" ×{p.copies}" if p.copies > 1 else ""
         rows.append(f"| {p.name}{copies} | {runs} | {p.request * p.copies:.0f} | {p.limit * p.copies:.0f} |")
     steady = [p for p in pods if p.when == "always"]

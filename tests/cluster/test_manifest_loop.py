@@ -9,11 +9,14 @@ with a token (git's own http-backend), the bootstrap's seed steps (lib.sh). Stan
 the forge API (tests/promotion/fakeforge.py) and the internet (`PRIMER_DATA_SOURCE`
 yfinance becomes synthetic, the only value replaced).
 
-The loop: the training CronJob's job template (history download, then `primer train`) opens
-a pull request; the admin merges it; apps/serving rendered *at the merged commit* carries
-the new pin; the serving container started from that rendering serves the new version; the
-PostSync hook's container moves MLflow's champion alias. A manifest whose command, env name,
-path or port no longer fits the code breaks one of these steps.
+The loop: apps/mlflow's PostSync Job creates the prediction log's database; the training
+CronJob's job template (history download, `primer monitor`, then `primer train`) opens a pull
+request; the admin merges it; apps/serving rendered *at the merged commit* carries the new pin;
+the serving container started from that rendering serves the new version and records its
+answer in the prediction log (PostgreSQL, through the URL platform.sh builds); the PostSync
+hook's container moves MLflow's champion alias; the next training run's monitor finds the
+answer in the log. A manifest whose command, env name, path or port no longer fits the code
+breaks one of these steps.
 """
 
 from __future__ import annotations
@@ -30,11 +33,14 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
+from contract import prediction_log as schema
 from contract.names import CHAMPION_ALIAS, MODEL_NAME, PIN_PATH, POLICY_PATH
 from contract.pin import parse_pin
-from tests.cluster.support import BOOTSTRAP, REPO, find, kustomize, pod_spec
+from tests.cluster.support import BOOTSTRAP, REPO, find, kustomize, pod_spec, versions
 from tests.cluster.test_mlflow_manifest import _expand, _run_manifest_mlflow
+from tests.cluster.test_prediction_log_db import platform_url, run_job
 from tests.promotion.fakeforge import FakeForge
 from tests.promotion.git_http import GitHttpServer
 from tests.support import console_script, free_port, stop_process, wait_http
@@ -56,6 +62,7 @@ class Lab:
     secrets: dict[str, dict[str, str]]
     configmaps: dict[str, dict[str, str]] = field(default_factory=dict)
     claims: dict[str, Path] = field(default_factory=dict)
+    log_url: str = ""  # the prediction log's database, as the test reads it
 
     def claim(self, name: str) -> Path:
         return self.claims.setdefault(name, _mkdir(self.root / "claims" / name))
@@ -113,7 +120,7 @@ def _env(lab: Lab, c: dict[str, Any], mounts: dict[str, Path], internet: dict[st
         assert ref["key"] in store.get(ref["name"], {}), f"{c['name']}: {ref['name']} has no key {ref['key']}"
         env[item["name"]] = store[ref["name"]][ref["key"]]
     env = {k: _localize(v, lab, mounts) for k, v in env.items()}
-    env.update({k: v for k, v in internet.items() if k in env})  # the internet's stand-in
+    env.update({k: v for k, v in internet.items() if env.get(k) == "yfinance"})  # the internet's stand-in
     return env
 
 
@@ -223,6 +230,7 @@ def test_the_manifests_run_the_loop(apps, postgres, seeded_git, tmp_path: Path) 
             secrets={"primer-forge": {"PRIMER_FORGE_TOKEN": TOKEN}},
             configmaps={"replay-clock": {"PRIMER_REPLAY_EPOCH": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}},
         )
+        _prediction_log_database(lab, postgres, "mlflow_loop")
         offline = {"PRIMER_DATA_SOURCE": "synthetic"}
         image_files = sorted(lab.app_dir.rglob("*"))
         try:
@@ -243,7 +251,8 @@ def _loop(lab: Lab, forge: FakeForge, git_url: str, offline: dict[str, str]) -> 
     spec = pod_spec(cron)
     pod = _mkdir(lab.root / "pods" / "train-1")
     for c in [*spec.get("initContainers", []), *spec["containers"]]:
-        _run(lab, c, spec, pod, internet=offline if c in spec.get("initContainers", []) else {})
+        _run(lab, c, spec, pod, internet=offline)
+    assert "warning:" not in (pod / "monitor.log").read_text(), (pod / "monitor.log").read_text()
     assert any(lab.claims.get("replay-history", Path("/nonexistent")).glob("*.csv")), "no history downloaded"
     (pr,) = forge.open_prs()
     version = int(re.search(r"v(\d+)", pr["title"]).group(1))
@@ -278,6 +287,7 @@ def _loop(lab: Lab, forge: FakeForge, git_url: str, offline: dict[str, str]) -> 
         answer = httpx.get(f"http://127.0.0.1:{port}/predictionForTomorrow", timeout=30)
         assert answer.status_code == 200, answer.text
         assert answer.json()["model_version"] == str(version)
+        _wait_for_log_rows(lab, version)  # the answer, in the prediction log's database
     finally:
         stop_process(proc)
 
@@ -297,3 +307,44 @@ def _loop(lab: Lab, forge: FakeForge, git_url: str, offline: dict[str, str]) -> 
     except MlflowException as exc:
         raise AssertionError(f"the hook left no alias {CHAMPION_ALIAS} ({exc}); it said:\n{logs}") from exc
     assert int(champion.version) == version, logs
+
+    # 6. The next training run's monitor reads the service's answer from the log (its next close
+    # is not known yet on the replay clock: it waits, counted, without a warning).
+    monitor = next(c for c in pod_spec(cron)["initContainers"] if c["name"] == "monitor")
+    pod = _mkdir(lab.root / "pods" / "train-2")
+    _run(lab, monitor, pod_spec(cron), pod, internet=offline)
+    said = (pod / "monitor.log").read_text()
+    assert f"version {version}: 1 answer(s) wait for their next close" in said and "warning:" not in said, said
+
+
+def _prediction_log_database(lab: Lab, postgres: Any, mlflow_db: str) -> None:
+    """apps/mlflow's PostSync Job on the real PostgreSQL (beside MLflow's database), then Secret
+    prediction-log as platform.sh writes it (its URL line run by bash), the PostgreSQL Service
+    mapped to the local server."""
+    values = versions()
+    job = run_job(lab.objects, postgres, values, "p" * 32, mlflow_db=mlflow_db)
+    assert job.returncode == 0, job.stderr
+    lab.secrets["prediction-log"] = {"PRIMER_PREDICTION_LOG": platform_url(values, "p" * 32)}
+    lab.urls[f"@{values['PREDICTION_LOG_HOST']}:5432/"] = f"@127.0.0.1:{postgres.port}/"
+    lab.log_url = f"postgresql+psycopg://{values['PREDICTION_LOG_USER']}@127.0.0.1:{postgres.port}/" \
+                  f"{values['PREDICTION_LOG_DB']}"
+
+
+def _wait_for_log_rows(lab: Lab, version: int, timeout: float = 30.0) -> None:
+    """The service writes the log off the request path: wait until its answer for ``version`` is in it."""
+    engine = sa.create_engine(lab.log_url)
+    deadline = time.monotonic() + timeout
+    found = 0
+    try:
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                if sa.inspect(conn).has_table(schema.TABLE_NAME):
+                    found = conn.execute(sa.text(f"SELECT count(*) FROM {schema.TABLE_NAME} "
+                                                 f"WHERE {schema.MODEL_VERSION} = :v"), {"v": version}).scalar_one()
+                    if found == 1:
+                        return
+            time.sleep(0.5)
+    finally:
+        engine.dispose()
+    raise AssertionError(f"the prediction log holds {found} answer(s) of version {version} after {timeout:.0f} s, "
+                         "expected 1")

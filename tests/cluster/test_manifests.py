@@ -55,8 +55,9 @@ def test_argocd_build_options_restrict_nothing_more_than_needed() -> None:
 
 def test_every_app_folder_is_a_kustomization() -> None:
     built = {d.relative_to(APPS).as_posix() for d in kustomization_dirs()}
-    assert built == {"root", "platform", "mlflow", "training", "serving"}
-    assert (APPS / "components" / "image" / "kustomization.yaml").is_file()
+    assert built == {"root", "platform", "mlflow", "training", "serving", "monitoring"}
+    for component in ("image", "replay"):
+        assert (APPS / "components" / component / "kustomization.yaml").is_file()
 
 
 def test_every_rendered_object_is_valid_kubernetes_1_35(apps, bootstrap) -> None:
@@ -160,9 +161,10 @@ def test_training_cronjob_never_overlaps_and_keeps_history(apps) -> None:
     assert spec["concurrencyPolicy"] == "Forbid"
     assert spec["successfulJobsHistoryLimit"] >= 1 and spec["failedJobsHistoryLimit"] >= 1
     assert 0 <= spec["jobTemplate"]["spec"]["backoffLimit"] <= 3
-    config = find(apps["apps/training"], "ConfigMap", "primer-training")["data"]
-    # One simulated day per CronJob period.
-    assert config["PRIMER_REPLAY_INTERVAL_SECONDS"] == "300" and config["PRIMER_MODE"] == "replay"
+    # One simulated day per CronJob period (the clock's settings: apps/components/replay).
+    (clock,) = [o for o in apps["apps/training"] if o["kind"] == "ConfigMap"
+                and o["metadata"]["name"].startswith("primer-replay-")]
+    assert clock["data"]["PRIMER_REPLAY_INTERVAL_SECONDS"] == "300" and clock["data"]["PRIMER_MODE"] == "replay"
 
 
 def test_mlflow_server_probes_and_storage(apps) -> None:
