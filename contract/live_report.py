@@ -71,6 +71,9 @@ class DriftStatus:
     skew: float | None  # largest |served - rebuilt| feature value; None when no served row could be rebuilt
     skew_rows: int  # served rows compared with their rebuilt row
     alerts: dict[str, bool]  # one per DRIFT_CHECKS
+    # Family-wise p-value of the feature check (the recent window's PSIs against the training window's
+    # own windows); None when the training window is too short to calibrate it (no feature alert then).
+    features_p_value: float | None = None
 
     @property
     def alerting(self) -> bool:

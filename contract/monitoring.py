@@ -36,6 +36,8 @@ class Monitoring(BaseModel):
     drift_window_days: int = 60
     psi_bins: int = 10
     psi_alert: float = 0.25
+    # The feature check's false-alarm rate on a stationary market (calibrated to the training window).
+    psi_level: float = 0.03
     up_rate_level: float = 0.01
     skew_alert: float = 1e-6
 
@@ -53,11 +55,11 @@ class Monitoring(BaseModel):
             raise ValueError(f"{info.field_name} must be a number >= 0, got {value!r}")
         return value
 
-    @field_validator("up_rate_level", mode="before")
+    @field_validator("up_rate_level", "psi_level", mode="before")
     @classmethod
-    def _level(cls, value: Any) -> Any:
+    def _level(cls, value: Any, info: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 0.5:
-            raise ValueError(f"up_rate_level must be a number between 0 and 0.5, got {value!r}")
+            raise ValueError(f"{info.field_name} must be a number between 0 and 0.5, got {value!r}")
         return value
 
     @field_validator("demotion", mode="before")
