@@ -44,6 +44,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
 from contract.names import MODEL_NAME  # noqa: E402
+from tests.serving.live_support import live_report, write_report  # noqa: E402
 from tests.support import (  # noqa: E402
     console_script,
     free_port,
@@ -246,6 +247,8 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma-separated case keys (cached-8,infer1-8,infer1-32,infer100-8)")
     ap.add_argument("--tool", choices=("auto", "wrk", "httpx"), default="auto")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    ap.add_argument("--no-log", action="store_true", help="our service without a prediction log or live report "
+                    "(as before issue 13), to compare")
     args = ap.parse_args()
     tool = ("wrk" if shutil.which("wrk") else "httpx") if args.tool == "auto" else args.tool
 
@@ -260,9 +263,14 @@ def main() -> int:
         version = train_version(uri, write_pin_text(tmp / "model-version.yaml", None), "synthetic", base_env=env)
 
         # Our service, started as `primer serve` starts it: cold start to ready, RSS of the process tree.
+        # As in the cluster, it writes a prediction log and exports a live report from its database.
+        log_url = "" if args.no_log else f"sqlite:///{tmp / 'predictions.db'}"
+        if log_url:
+            write_report(log_url, live_report(version, 60))
         t0 = time.perf_counter()
         svc = servers.enter_context(start_service(tmp / "serve", uri, version, base_env=env, primer_serve=True,
-                                                  wait_for="/livez"))
+                                                  wait_for="/livez", PRIMER_PREDICTION_LOG=log_url,
+                                                  PRIMER_LIVE_REFRESH_SECONDS="1"))
         cold = wait_ready(svc.proc, svc.url, t0)
         time.sleep(1.0)
         rss_idle = tree_rss_mb(svc.proc.pid)
@@ -298,7 +306,8 @@ def main() -> int:
 
         results = {k: (mean(o), mean(p)) for k, (o, p) in runs.items()}
         report(results, table, cold, (rss_idle, rss_loaded),
-               f"model v{version}; load: {tool}, {args.duration} s per run, {args.rounds} round(s); "
+               f"model v{version}; {'no prediction log' if args.no_log else 'prediction log + live report'}; "
+               f"load: {tool}, {args.duration} s per run, {args.rounds} round(s); "
                f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}")
         return 0
     finally:
