@@ -257,7 +257,7 @@ def test_namespaces_and_volumes_survive_a_deleted_application(apps, bootstrap) -
                 assert obj["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain",
                                                                               "whenScaled": "Retain"}
     assert sorted(guarded) == ["mlflow", "mlflow-artifacts", "monitoring", "prometheus-data", "replay-history",
-                              "serving", "trainer-state", "training"]
+                              "replay-history", "serving", "trainer-state", "training"]
     (storage_class,) = bootstrap["cluster-bootstrap/manifests/storage.yaml"]
     assert storage_class["metadata"]["name"] == "primer-retain" and storage_class["reclaimPolicy"] == "Retain"
     assert storage_class["provisioner"] == "rancher.io/local-path"

@@ -326,3 +326,23 @@ def test_monitoring_images_are_pinned_in_versions_env(apps, lab) -> None:
     assert images == {"prometheus": lab["PROMETHEUS_IMAGE"], "grafana": lab["GRAFANA_IMAGE"]}
     job = find(apps["apps/mlflow"], "Job", "prediction-log-db")
     assert job["spec"]["template"]["spec"]["containers"][0]["image"] == lab["POSTGRES_IMAGE"]
+
+
+def test_serving_replays_the_history_file_as_the_trainer_does(apps) -> None:
+    # Not Yahoo at every clock step: a file downloaded once, by the same init container.
+    def pod(app: str, kind: str, name: str) -> dict[str, Any]:
+        obj = find(apps[app], kind, name)
+        return (obj["spec"]["jobTemplate"]["spec"] if kind == "CronJob" else obj["spec"])["template"]["spec"]
+
+    serving, training = pod("apps/serving", "Deployment", "primer-serving"), pod("apps/training", "CronJob",
+                                                                                  "primer-train")
+    s_fetch, t_fetch = serving["initContainers"][0], training["initContainers"][0]
+    assert s_fetch["name"] == t_fetch["name"] == "fetch-history"
+    assert s_fetch["command"] == t_fetch["command"] and s_fetch["env"] == t_fetch["env"]
+    source = _env(apps, "apps/serving", serving["containers"][0])["PRIMER_DATA_SOURCE"]
+    assert source == _env(apps, "apps/training", training["containers"][0])["PRIMER_DATA_SOURCE"]
+    assert source == f"csv:{s_fetch['command'][-1]}"
+    for spec in (serving, training):
+        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"]
+                  if "persistentVolumeClaim" in v}
+        assert claims["history"] == "replay-history"
