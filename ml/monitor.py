@@ -136,15 +136,28 @@ def versus_climatology(scored: ScoredDays, gate: GateSpec) -> PairedTest | None:
         return None
 
 
+def drift_of(scored: ScoredDays, prices: pd.DataFrame, client: Any, thresholds: Monitoring) -> DriftStatus:
+    """Drift for the version (:mod:`ml.drift`): its training window (read from its MLflow run) against
+    the ``drift_window_days`` bars up to its last scored day (the market it answered in), and its
+    logged rows against the rows rebuilt now from the same bars."""
+    from ml.drift import drift_from_features, served_rows, training_window
+    from ml.features import build_features
+
+    train_start, train_end = training_window(client, scored.model_version)
+    features = build_features(prices)
+    served = served_rows(scored.days.index, scored.days[schema.FEATURES])
+    return drift_from_features(features, train_start, train_end, scored.days.index[-1].date(), served, thresholds)
+
+
 def live_report(scored: ScoredDays, gate: GateSpec, thresholds: Monitoring, drift: DriftStatus | None = None,
-                now: datetime | None = None) -> LiveReport:
+                now: datetime | None = None, notes: Iterable[str] = ()) -> LiveReport:
     """The version's report as of its last scored day (``scored.days`` must not be empty)."""
     days = scored.days
     scores = {"all": window_scores(days)}
     if len(days) >= thresholds.rolling_days:
         scores["rolling"] = window_scores(days.iloc[-thresholds.rolling_days:])
     test = versus_climatology(scored, gate)
-    notes = []
+    notes = list(notes)
     if len(days) < thresholds.min_live_days:
         notes.append(f"{len(days)} scored day(s), fewer than min_live_days {thresholds.min_live_days}: no verdict")
     warranted = bool(test is not None and len(days) >= thresholds.min_live_days and test.passes(gate.min_effect))

@@ -51,8 +51,11 @@ def run_monitor(run: MonitorRun, *, propose: bool) -> None:
         return
     prices = _visible_prices(settings)
     scored = scoring.scored_days(answers, prices)
-    reports = {s.model_version: scoring.live_report(s, run.gate, run.thresholds)
-               for s in scored if len(s.days)}
+    pinned = _pinned(settings)
+    reports = {}
+    for s in (s for s in scored if len(s.days)):
+        drift, notes = _drift(run, s, prices) if s.model_version == pinned else (None, [])
+        reports[s.model_version] = scoring.live_report(s, run.gate, run.thresholds, drift=drift, notes=notes)
     scoring.write_reports(settings.prediction_log, reports.values())
     if reports:
         click.echo(scoring.table_text(reports.values()))
@@ -61,11 +64,24 @@ def run_monitor(run: MonitorRun, *, propose: bool) -> None:
     for version, waiting in sorted(scoring.unscored(answers, scored).items()):
         click.echo(f"version {version}: {waiting} answer(s) wait for their next close")
     _log_to_mlflow(run, [s for s in scored if s.model_version in reports], reports)
-    pinned = _pinned(settings)
     if pinned is not None and pinned in reports:
         click.echo(f"live {scoring.summary_line(reports[pinned])}")
         if reports[pinned].demotion_warranted:
             _demote(run, next(s for s in scored if s.model_version == pinned), reports[pinned], prices, propose)
+
+
+def _drift(run: MonitorRun, scored: Any, prices: Any) -> tuple[Any, list[str]]:
+    """(DriftStatus, []) for the pinned version, or (None, [why not]): drift never stops the scoring."""
+    from contract.errors import one_line
+    from contract.registry import client as registry_client
+    from ml.monitor import drift_of
+
+    try:
+        return drift_of(scored, prices, registry_client(run.settings.tracking_uri), run.thresholds), []
+    except Exception as exc:  # MLflow unreachable, a version without its training window, too few rows
+        note = f"drift not computed: {one_line(exc)}"
+        click.echo(f"warning: v{scored.model_version}: {note}", err=True)
+        return None, [note]
 
 
 def _pinned(settings: MonitorSettings) -> int | None:
@@ -150,6 +166,9 @@ def monitor(no_propose: bool, warn_only: bool) -> None:
     day). When the pinned version is significantly worse than climatology, a pull request
     rolls the pin back (never merged automatically). See docs/monitoring.md.
     """
+    from contract.settings import quiet_mlflow
+
+    quiet_mlflow(bounded=True)  # a dead MLflow ends the run in about a minute, not after MLflow's long retries
     try:
         run_monitor(_resolve(MonitorSettings.load()), propose=not no_propose)
     except Exception as exc:

@@ -29,6 +29,7 @@ from contract.names import PIN_PATH, demotion_branch
 from contract.pin import write_pin
 from ml.data import load_prices
 from ml.features import FEATURE_COLUMNS, build_features
+from ml.monitor import read_reports
 from primer.cli import main as primer
 from tests.promotion.conftest import Registry, Repos, git, use_forge
 from tests.promotion.fakeforge import FakeForge
@@ -124,5 +125,9 @@ def test_a_model_that_keeps_its_edge_is_not_demoted(
     out = _monitor(monkeypatch, KEPT, log_url)
     live = [line for line in out.splitlines() if line.startswith("live v")]
     assert len(live) == 1 and f"v{trained}: {LIVE_DAYS} scored day(s)" in live[0], out
+    # Drift was computed for the pinned version against its training window (read from its run).
+    report = read_reports(log_url)[trained]
+    assert report.drift is not None and report.drift.skew == 0.0 and report.drift.skew_rows > 0, report
+    assert "; drift: " in live[0]
     assert "DEMOTION WARRANTED" not in out and "[demote]" not in out, out
     assert gitea.prs == [] and promo_env.remote_pin("main").endswith(f"version: {trained}")
