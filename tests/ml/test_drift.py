@@ -24,6 +24,7 @@ from ml.drift import (
     DriftError,
     drift_from_features,
     drift_status,
+    label_dependence,
     psi,
     served_rows,
     training_window,
@@ -107,6 +108,17 @@ def test_the_up_rate_test():
     assert up_rate_test(half, pd.Series([1.0] * 5 + [0.0]))[2] > p
     with pytest.raises(DriftError, match="known labels"):
         up_rate_test(half, pd.Series([np.nan]))
+
+
+def test_the_up_rate_test_widens_for_labels_that_come_in_runs():
+    """UP days following UP days (momentum): a window's up-rate swings more than coin flips', so the
+    same gap is weaker evidence."""
+    recent = pd.Series([1.0] * 45 + [0.0] * 15)
+    flips = pd.Series([1.0, 0.0] * 500)
+    runs = pd.Series(([1.0] * 10 + [0.0] * 10) * 50)
+    assert label_dependence(flips.to_numpy()) == 1.0  # alternating: rho < 0, no credit taken
+    assert label_dependence(runs.to_numpy()) > 5
+    assert up_rate_test(runs, recent)[2] > 0.1 > 0.01 > up_rate_test(flips, recent)[2]
 
 
 def test_a_dividend_adjustment_of_earlier_bars_is_skew(tmp_path: Path):

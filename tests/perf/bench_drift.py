@@ -3,7 +3,8 @@
 Each window is a version's training window (``--train-rows`` feature rows, the pipeline's
 10 years by default) and the monitor's recent window (``drift_window_days`` rows, from
 promotion/monitoring.yaml) ``gap`` rows after it, cut from bars loaded through the
-project's own source interface: ``synthetic:SEED`` and ``synthetic:SEED:0`` (stationary),
+project's own source interface: ``synthetic:SEED``, ``synthetic:SEED:0`` and ``synthetic:SEED:0.5``
+(stationary),
 and CSV files (``csv:PATH``) of the same synthetic bars with a regime change planted at
 the first recent row:
 
@@ -156,8 +157,10 @@ def scenario_builders(recent: int) -> dict[str, tuple[str, Builder]]:
     def plain(seed: int, row: int, tmp: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         return load_prices(f"synthetic:{seed}", end=END), None
 
-    def planted(seed: int, row: int, tmp: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-        return load_prices(f"synthetic:{seed}:0", end=END), None
+    def planted(signal: float) -> Builder:
+        def build(seed: int, row: int, tmp: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+            return load_prices(f"synthetic:{seed}:{signal:g}", end=END), None
+        return build
 
     def changed(make: Callable[[pd.DataFrame, int], pd.DataFrame], at: int = 0) -> Builder:
         def build(seed: int, row: int, tmp: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -170,7 +173,8 @@ def scenario_builders(recent: int) -> dict[str, tuple[str, Builder]]:
 
     return {
         "stationary synthetic": ("null", plain),
-        "stationary, no signal": ("null", planted),
+        "stationary, no signal": ("null", planted(0.0)),
+        "stationary, signal 0.5": ("null", planted(0.5)),
         "vol x2": ("change", changed(lambda p, r: volatility_regime(p, r, 2.0))),
         "vol x3": ("change", changed(lambda p, r: volatility_regime(p, r, 3.0))),
         "vol x3, last 20 days": ("change", changed(lambda p, r: volatility_regime(p, r, 3.0), recent - 20)),
