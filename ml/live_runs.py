@@ -16,7 +16,7 @@ from dataclasses import asdict
 from mlflow.entities import Metric, RunTag
 
 from contract import registry
-from contract.live_report import LiveReport
+from contract.live_report import DriftStatus, LiveReport
 from contract.monitoring import Monitoring
 from contract.names import MODEL_NAME, MONITORING_EXPERIMENT_NAME, Tag
 from contract.significance import GateSpec
@@ -45,6 +45,17 @@ def live_run(tracker: Tracker, version: int) -> str:
     return run_id
 
 
+def drift_metrics(drift: DriftStatus) -> dict[str, float]:
+    """The drift checks as MLflow metrics: PSI per feature, up-rates, skew, and 0/1 per alert."""
+    out = {f"drift_psi_{feature}": value for feature, value in drift.psi.items()}
+    out |= {"drift_up_rate_training": drift.up_rate_training, "drift_up_rate_recent": drift.up_rate_recent}
+    if drift.skew is not None:
+        out["drift_skew"] = drift.skew
+    if drift.features_p_value is not None:
+        out["drift_features_p_value"] = drift.features_p_value
+    return out | {f"drift_alert_{check}": float(on) for check, on in drift.alerts.items()}
+
+
 def logged_steps(tracker: Tracker, run_id: str) -> int:
     history = tracker.client.get_metric_history(run_id, STEP_KEY)
     return max((m.step for m in history), default=0)
@@ -55,6 +66,8 @@ def log_live_record(tracker: Tracker, scored: ScoredDays, report: LiveReport, ga
     """Log the steps the version's run lacks and the current report; (run id, steps added)."""
     run_id = live_run(tracker, scored.model_version)
     steps = step_series(scored, gate, thresholds, first=logged_steps(tracker, run_id) + 1)
+    if steps and report.drift is not None:  # drift as of the newest step (it looks at a window, not a day)
+        steps[-1][2].update(drift_metrics(report.drift))
     metrics = [Metric(name, value, calendar.timegm(day.timetuple()) * 1000, step)
                for step, day, values in steps for name, value in values.items()]
     for start in range(0, len(metrics), BATCH):

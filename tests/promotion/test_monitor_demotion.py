@@ -56,6 +56,20 @@ def trained(tmp_path_factory: pytest.TempPathFactory, promo_mlflow: Registry) ->
     return max(int(v.version) for v in versions)
 
 
+def _own_copy(uri: str, version: int) -> int:
+    """A new version of the same trained model (same run, same tags): each test judges its own version,
+    so their live records in the shared MLflow stay apart."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    from contract.settings import env_restored
+
+    mv = MlflowClient(uri).get_model_version("spy-direction", str(version))
+    with env_restored("MLFLOW_TRACKING_URI"), _use_tracking_uri(uri):
+        return int(mlflow.register_model(mv.source, "spy-direction", tags=mv.tags).version)
+
+
 def _serve_the_days_after_the_anchor(uri: str, version: int, source: str, log_url: str) -> list[pd.Timestamp]:
     """The pinned version's answer for each of the LIVE_DAYS trading days after ANCHOR, written as the service does."""
     model = load_served_model(uri, version)
@@ -88,6 +102,7 @@ def _pin_on_main(repos: Repos, version: int) -> None:
 def test_a_model_whose_signal_is_gone_gets_exactly_one_demotion_pr(
         promo_env: Repos, promo_mlflow: Registry, trained: int, gitea: FakeForge, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
+    trained = _own_copy(promo_mlflow.uri, trained)
     _pin_on_main(promo_env, trained)
     monkeypatch.setenv("PRIMER_PIN_FILE", str(promo_env.work / PIN_PATH))
     use_forge(monkeypatch, gitea)
@@ -116,6 +131,7 @@ def test_a_model_whose_signal_is_gone_gets_exactly_one_demotion_pr(
 def test_a_model_that_keeps_its_edge_is_not_demoted(
         promo_env: Repos, promo_mlflow: Registry, trained: int, gitea: FakeForge, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
+    trained = _own_copy(promo_mlflow.uri, trained)
     _pin_on_main(promo_env, trained)
     monkeypatch.setenv("PRIMER_PIN_FILE", str(promo_env.work / PIN_PATH))
     use_forge(monkeypatch, gitea)
@@ -129,5 +145,15 @@ def test_a_model_that_keeps_its_edge_is_not_demoted(
     report = read_reports(log_url)[trained]
     assert report.drift is not None and report.drift.skew == 0.0 and report.drift.skew_rows > 0, report
     assert "; drift: " in live[0]
+    from mlflow import MlflowClient
+
+    from contract.names import MONITORING_EXPERIMENT_NAME
+
+    client = MlflowClient(promo_mlflow.uri)
+    experiment = client.get_experiment_by_name(MONITORING_EXPERIMENT_NAME)
+    assert experiment is not None
+    [run] = client.search_runs([experiment.experiment_id], f"tags.model_version = '{trained}'")
+    [psi] = client.get_metric_history(run.info.run_id, "drift_psi_ret_1")  # logged at the newest step
+    assert psi.step == LIVE_DAYS and psi.value == pytest.approx(report.drift.psi["ret_1"])
     assert "DEMOTION WARRANTED" not in out and "[demote]" not in out, out
     assert gitea.prs == [] and promo_env.remote_pin("main").endswith(f"version: {trained}")
