@@ -53,7 +53,7 @@ from promotion import gitops
 from promotion.forge import Forge, ForgeError
 from promotion.gitops import GitError, PinMoved
 from promotion.policy import Policy
-from promotion.propose import Promotion
+from promotion.propose import Promotion, require_registered
 
 DEMOTION_BRANCH_RE = re.compile(
     "^" + re.escape(demotion_branch(111, 222)).replace("111", r"(\d+)").replace("222", r"(\d+)") + "$")
@@ -253,18 +253,13 @@ def _pinned_is_climatology(c: Any, version: int) -> bool:
 
 def _check_registry(c: Any, report: LiveReport, target: DemotionTarget) -> bool:
     """True when the pinned version is a climatology version; raises when the target is not registered."""
+    require_registered(c, target.version, DemotionProposalError)
     try:
-        registry.probe(c.tracking_uri)
-        if _pinned_is_climatology(c, report.model_version):
-            return True
-        found = registry.get_version(c, target.version)
+        return _pinned_is_climatology(c, report.model_version)
     except Exception as exc:
-        raise DemotionProposalError(f"MLflow at {registry.public_uri(c.tracking_uri)} cannot confirm "
-                                    f"{MODEL_NAME} v{target.version} exists ({one_line(exc)}); nothing pushed") from exc
-    if found is None:
-        raise DemotionProposalError(f"{MODEL_NAME} v{target.version} is not in the registry; refusing to pin a "
-                                    "version that does not exist (nothing pushed)")
-    return False
+        where = registry.public_uri(c.tracking_uri)
+        raise DemotionProposalError(f"MLflow at {where} cannot say what {MODEL_NAME} v{report.model_version} is "
+                                    f"({one_line(exc)}); nothing pushed") from exc
 
 
 def _push_and_open(report: LiveReport, target: DemotionTarget, p: Promotion, body: str) -> DemotionOutcome:

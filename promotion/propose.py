@@ -23,11 +23,12 @@ from tenacity import retry, stop_after_attempt, wait_exponential
 
 from contract import registry
 from contract import ui as ui_links
-from contract.errors import PrimerError
+from contract.errors import PrimerError, one_line
 from contract.evidence import METRICS, Evaluation, evaluation_from_dict, improvement, paired_tests
 from contract.names import (
     CHALLENGER_ALIAS,
     EVALUATION_ARTIFACT,
+    MODEL_NAME,
     PARENT_RUN_TAG,
     PIN_PATH,
     POLICY_PATH,
@@ -382,15 +383,21 @@ def _tag_proposed(c: Any, model: str, n: int, pr_url: str | None) -> None:
 
 
 def _require_registered(c: Any, e: Evaluation) -> None:
+    require_registered(c, e.challenger_version, ProposalError, e.model_name)
+
+
+def require_registered(c: Any, version: int, error: type[PrimerError], model: str = MODEL_NAME) -> None:
+    """Raise ``error`` unless MLflow confirms ``version`` exists: git never pins a version the registry lacks."""
+    uri = registry.public_uri(c.tracking_uri)
     try:
-        registry.probe(e.tracking_uri)
-        found = registry.get_version(c, e.challenger_version, e.model_name)
+        registry.probe(c.tracking_uri)
+        found = registry.get_version(c, version, model)
     except Exception as exc:
-        raise ProposalError(f"MLflow at {e.tracking_uri} cannot confirm {e.model_name} v{e.challenger_version} "
-                            f"exists ({exc}); nothing pushed") from exc
+        raise error(f"MLflow at {uri} cannot confirm {model} v{version} exists ({one_line(exc)}); "
+                    "nothing pushed") from exc
     if found is None:
-        raise ProposalError(f"{e.model_name} v{e.challenger_version} is not in the registry at {e.tracking_uri}; "
-                            "refusing to pin a version that does not exist (nothing pushed)")
+        raise error(f"{model} v{version} is not in the registry at {uri}; refusing to pin a version that does not "
+                    "exist (nothing pushed)")
 
 
 def _retry_failed(e: Evaluation, p: Promotion, c: Any) -> ProposalOutcome | None:
