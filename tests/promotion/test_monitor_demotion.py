@@ -21,11 +21,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from mlflow import MlflowClient
 
 from bentos.prediction_log import PredictionLog
 from bentos.runtime import load_served_model
 from contract import prediction_log as schema
-from contract.names import PIN_PATH, demotion_branch
+from contract.names import MONITORING_EXPERIMENT_NAME, PIN_PATH, demotion_branch
 from contract.pin import write_pin
 from ml.data import load_prices
 from ml.features import FEATURE_COLUMNS, build_features
@@ -50,8 +51,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory, promo_mlflow: Registry) ->
     done = subprocess.run([console_script("primer"), "train", "--source", KEPT, "--no-promote", "--eval-days", "250"],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    from mlflow import MlflowClient
-
     versions = MlflowClient(promo_mlflow.uri).search_model_versions("name='spy-direction'")
     return max(int(v.version) for v in versions)
 
@@ -60,7 +59,6 @@ def _own_copy(uri: str, version: int) -> int:
     """A new version of the same trained model (same run, same tags): each test judges its own version,
     so their live records in the shared MLflow stay apart."""
     import mlflow
-    from mlflow import MlflowClient
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
     from contract.settings import env_restored
@@ -99,15 +97,22 @@ def _pin_on_main(repos: Repos, version: int) -> None:
     git("push", "-q", "origin", "main", cwd=repos.work)
 
 
+def _pinned_and_served(repos: Repos, reg: Registry, trained: int, forge: FakeForge, tmp_path: Path,
+                       monkeypatch: pytest.MonkeyPatch, source: str) -> tuple[int, str]:
+    """A copy of the trained version pinned on main, its answers after the anchor logged; (version, log URL)."""
+    version = _own_copy(reg.uri, trained)
+    _pin_on_main(repos, version)
+    monkeypatch.setenv("PRIMER_PIN_FILE", str(repos.work / PIN_PATH))
+    use_forge(monkeypatch, forge)
+    log_url = f"sqlite:///{tmp_path / 'predictions.db'}"
+    _serve_the_days_after_the_anchor(reg.uri, version, source, log_url)
+    return version, log_url
+
+
 def test_a_model_whose_signal_is_gone_gets_exactly_one_demotion_pr(
         promo_env: Repos, promo_mlflow: Registry, trained: int, gitea: FakeForge, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    trained = _own_copy(promo_mlflow.uri, trained)
-    _pin_on_main(promo_env, trained)
-    monkeypatch.setenv("PRIMER_PIN_FILE", str(promo_env.work / PIN_PATH))
-    use_forge(monkeypatch, gitea)
-    log_url = f"sqlite:///{tmp_path / 'predictions.db'}"
-    _serve_the_days_after_the_anchor(promo_mlflow.uri, trained, BROKEN, log_url)
+    trained, log_url = _pinned_and_served(promo_env, promo_mlflow, trained, gitea, tmp_path, monkeypatch, BROKEN)
 
     out = _monitor(monkeypatch, BROKEN, log_url)
     assert "DEMOTION WARRANTED" in out, out
@@ -131,12 +136,7 @@ def test_a_model_whose_signal_is_gone_gets_exactly_one_demotion_pr(
 def test_a_model_that_keeps_its_edge_is_not_demoted(
         promo_env: Repos, promo_mlflow: Registry, trained: int, gitea: FakeForge, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    trained = _own_copy(promo_mlflow.uri, trained)
-    _pin_on_main(promo_env, trained)
-    monkeypatch.setenv("PRIMER_PIN_FILE", str(promo_env.work / PIN_PATH))
-    use_forge(monkeypatch, gitea)
-    log_url = f"sqlite:///{tmp_path / 'predictions.db'}"
-    _serve_the_days_after_the_anchor(promo_mlflow.uri, trained, KEPT, log_url)
+    trained, log_url = _pinned_and_served(promo_env, promo_mlflow, trained, gitea, tmp_path, monkeypatch, KEPT)
 
     out = _monitor(monkeypatch, KEPT, log_url)
     live = [line for line in out.splitlines() if line.startswith("live v")]
@@ -145,10 +145,6 @@ def test_a_model_that_keeps_its_edge_is_not_demoted(
     report = read_reports(log_url)[trained]
     assert report.drift is not None and report.drift.skew == 0.0 and report.drift.skew_rows > 0, report
     assert "; drift: " in live[0]
-    from mlflow import MlflowClient
-
-    from contract.names import MONITORING_EXPERIMENT_NAME
-
     client = MlflowClient(promo_mlflow.uri)
     experiment = client.get_experiment_by_name(MONITORING_EXPERIMENT_NAME)
     assert experiment is not None
