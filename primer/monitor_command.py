@@ -122,25 +122,30 @@ def _demote(run: MonitorRun, scored: Any, report: Any, prices: Any, propose: boo
 
 
 def _log_to_mlflow(run: MonitorRun, scored: list[Any], reports: dict[int, Any]) -> None:
+    """One live run per version in MLflow; prints each run's page (the UI's ML view) or its id."""
+    from contract.errors import one_line
     from contract.names import MONITORING_EXPERIMENT_NAME
-    from contract.ui import experiment_url, ui_base
+    from contract.ui import experiment_url, run_url, ui_base
     from ml.live_runs import log_live_record
     from ml.tracking import RegistryError, Tracker
 
     if not scored:
         return
     tracker = Tracker.connect(run.settings.tracking_uri)
+    ui = ui_base(run.settings.tracking_uri)
     try:
+        experiment = tracker.experiment_id(MONITORING_EXPERIMENT_NAME)
         for s in scored:
             run_id, added = log_live_record(tracker, s, reports[s.model_version], run.gate, run.thresholds)
-            click.echo(f"MLflow: live v{s.model_version} +{added} step(s) (run {run_id})")
+            where = run_url(ui, experiment, run_id) if ui is not None else f"run {run_id}"
+            click.echo(f"MLflow: live v{s.model_version} +{added} step(s): {where}")
     except PrimerError:
         raise
     except Exception as exc:
-        raise RegistryError(f"logging the live record to MLflow at {run.settings.tracking_uri} failed: {exc}") from exc
-    ui = ui_base(run.settings.tracking_uri)
+        uri = run.settings.tracking_uri
+        raise RegistryError(f"logging the live record to MLflow at {uri} failed: {one_line(exc)}") from exc
     if ui is not None:
-        click.echo(f"MLflow UI: {experiment_url(ui, tracker.experiment_id(MONITORING_EXPERIMENT_NAME))}")
+        click.echo(f"MLflow UI: {experiment_url(ui, experiment)}")
 
 
 @click.command("monitor")

@@ -4,6 +4,8 @@ the prices, every metric checked against sklearn on labels computed here from th
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from ml import monitor
 from ml.data import load_prices
 from ml.features import FEATURE_COLUMNS, build_features
 from primer.cli import main as primer
-from tests.support import running_mlflow, scrub_environ, write_pin_text
+from tests.support import REPO_ROOT, running_mlflow, scrub_environ, write_pin_text
 
 SOURCE = "synthetic:7"
 
@@ -172,3 +174,45 @@ def test_warn_only_never_fails_the_caller(monkeypatch: pytest.MonkeyPatch, tmp_p
     r = CliRunner().invoke(primer, ["monitor", "--warn-only"])
     assert r.exit_code == 0, r.output
     assert "warning: primer monitor did not complete: prediction log" in r.output and "unreachable" in r.output
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is installed by .ci/run")
+def test_the_live_run_link_opens_the_stepped_metrics_in_the_mlflow_ui(monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path, mlflow_uri: str) -> None:
+    """What a learner clicks: the run link `primer monitor` prints shows the live record's metrics,
+    and its chart of log loss has one point per scored trading day."""
+    from tests.browser import Browser
+
+    scrub_environ(monkeypatch)
+    url = f"sqlite:///{tmp_path / 'predictions.db'}"
+    for name, value in {"PRIMER_PREDICTION_LOG": url, "PRIMER_DATA_SOURCE": SOURCE,
+                        "MLFLOW_TRACKING_URI": mlflow_uri}.items():
+        monkeypatch.setenv(name, value)
+    prices = load_prices(SOURCE)
+    n = len(prices)
+    _write_log(url, prices, {7: list(range(n - 31, n - 1))}, np.random.default_rng(5))
+    r = CliRunner().invoke(primer, ["monitor"])
+    assert r.exit_code == 0, r.output
+    link = re.search(r"MLflow: live v7 \+30 step\(s\): (\S+)", r.output)
+    assert link and "workflowType=machine_learning" in link.group(1), r.output
+
+    with Browser(resolver_rules="MAP * ~NOTFOUND, EXCLUDE 127.0.0.1") as browser:
+        page = browser.new_page()
+        page.goto(link.group(1))
+        page.wait_for_text("live v7", "log_loss", "p_worse_than_climatology", "climatology_log_loss", timeout=30)
+        screenshots = REPO_ROOT / "test-artifacts" / "screenshots"
+        screenshots.mkdir(parents=True, exist_ok=True)
+        page.screenshot(screenshots / "live-run.png")
+        # The run's "Model metrics" tab charts each metric's history: one point per scored day.
+        base, _, query = link.group(1).partition("?")
+        page = browser.new_page()
+        page.goto(f"{base}/model-metrics?{query}")
+        page.wait_for_text("Model metrics", "balanced_accuracy", "climatology_log_loss", timeout=30)
+        assert page.wait_for("(() => document.querySelectorAll('.js-plotly-plot, canvas, svg.main-svg').length)()",
+                             timeout=30)
+        page.screenshot(screenshots / "live-metrics-charts.png")
+        charted = [u for status, u in page.responses() if status == 200 and "metrics/get-history" in u]
+        assert any("metric_key=balanced_accuracy" in u for u in charted), charted
+        network = [u for _, u in page.responses()]
+        assert all(u.startswith(("http://127.0.0.1", "blob:", "data:")) for u in network), network
