@@ -63,10 +63,16 @@ def logged_steps(tracker: Tracker, run_id: str) -> int:
 
 def log_live_record(tracker: Tracker, scored: ScoredDays, report: LiveReport, gate: GateSpec,
                     thresholds: Monitoring) -> tuple[str, int]:
-    """Log the steps the version's run lacks and the current report; (run id, steps added)."""
+    """Log the steps the version's run lacks and the current report; (run id, steps added).
+
+    Nothing new scored (a version retired long ago, or a rerun): nothing is written, so a
+    CronJob every 5 minutes does not re-upload the record of every version ever served.
+    """
     run_id = live_run(tracker, scored.model_version)
     steps = step_series(scored, gate, thresholds, first=logged_steps(tracker, run_id) + 1)
-    if steps and report.drift is not None:  # drift as of the newest step (it looks at a window, not a day)
+    if not steps:
+        return run_id, 0
+    if report.drift is not None:  # drift as of the newest step (it looks at a window, not a day)
         steps[-1][2].update(drift_metrics(report.drift))
     metrics = [Metric(name, value, calendar.timegm(day.timetuple()) * 1000, step)
                for step, day, values in steps for name, value in values.items()]
