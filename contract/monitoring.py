@@ -7,14 +7,13 @@ both places. This file says how much live evidence it takes, and when drift aler
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from contract.errors import SettingsError
-from contract.yaml_files import parse_model
+from contract.yaml_files import non_negative, one_sided_level, parse_model, positive_int
 
 
 class MonitoringError(SettingsError):
@@ -44,23 +43,17 @@ class Monitoring(BaseModel):
     @field_validator("rolling_days", "min_live_days", "drift_window_days", "psi_bins", mode="before")
     @classmethod
     def _positive_int(cls, value: Any, info: Any) -> Any:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{info.field_name} must be an integer >= 1, got {value!r}")
-        return value
+        return positive_int(info.field_name, value)
 
     @field_validator("psi_alert", "skew_alert", mode="before")
     @classmethod
     def _non_negative(cls, value: Any, info: Any) -> Any:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"{info.field_name} must be a number >= 0, got {value!r}")
-        return value
+        return non_negative(info.field_name, value)
 
     @field_validator("up_rate_level", "psi_level", mode="before")
     @classmethod
     def _level(cls, value: Any, info: Any) -> Any:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 0.5:
-            raise ValueError(f"{info.field_name} must be a number between 0 and 0.5, got {value!r}")
-        return value
+        return one_sided_level(info.field_name, value)
 
     @field_validator("demotion", mode="before")
     @classmethod

@@ -7,6 +7,7 @@ the file and the field, in words a person editing the file can act on.
 
 from __future__ import annotations
 
+import math
 from typing import Any, TypeVar
 
 import yaml
@@ -52,3 +53,24 @@ def describe(err: Any, missing: dict[str, str]) -> str:
     if err.get("type") == "value_error":
         return str(err.get("ctx", {}).get("error", err.get("msg")))
     return f"{loc}: {err.get('msg', 'invalid value')}, got {err.get('input')!r}"
+
+
+# Checks for the fields of these files, run before pydantic's coercion (``mode="before"``) so
+# that YAML's ``true``, ``"5"`` or ``.nan`` are refused with a message naming the field.
+
+def positive_int(field: str, value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{field} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def non_negative(field: str, value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{field} must be a number >= 0, got {value!r}")
+    return value
+
+
+def one_sided_level(field: str, value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 0.5:
+        raise ValueError(f"{field} must be a number between 0 and 0.5, got {value!r}")
+    return value

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 from contract.errors import SettingsError
 from contract.evidence import METRICS, Evaluation, improvement, paired_tests
 from contract.significance import DEFAULT_LEVEL, DEFAULT_MIN_EFFECT, TESTS, GateSpec, PairedTest
-from contract.yaml_files import parse_model
+from contract.yaml_files import non_negative, one_sided_level, parse_model, positive_int
 
 BOOTSTRAP_MODES = ("commit", "propose")
 # Float subtraction noise (0.53 - 0.52 = 0.00999...) must not flip a decision at the threshold.
@@ -64,23 +64,17 @@ class Policy(BaseModel):
     @field_validator("level", mode="before")
     @classmethod
     def _level_range(cls, value: Any) -> Any:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 0.5:
-            raise ValueError(f"level must be a number between 0 and 0.5, got {value!r}")
-        return value
+        return one_sided_level("level", value)
 
     @field_validator("min_improvement", "min_effect", mode="before")
     @classmethod
     def _non_negative(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"{info.field_name} must be a number >= 0, got {value!r}")
-        return value
+        return non_negative(str(info.field_name), value)
 
     @field_validator("min_eval_days", mode="before")
     @classmethod
     def _positive_days(cls, value: Any) -> Any:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"min_eval_days must be an integer >= 1, got {value!r}")
-        return value
+        return positive_int("min_eval_days", value)
 
     @field_validator("must_beat_baseline", "bootstrap_must_beat_baseline", mode="before")
     @classmethod

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import Service, start_service, train_version, write_pin_text
+from tests.support import Service, register_tiny_version, start_service, train_version, write_pin_text
 
 
 @dataclass
@@ -31,6 +31,18 @@ def registered(mlflow_server: Any, tmp_path_factory: pytest.TempPathFactory) -> 
     second = train_version(mlflow_server.uri, pin, "synthetic:23")
     assert second > first
     return Registered(uri=mlflow_server.uri, first=first, second=second)
+
+
+@pytest.fixture(scope="module")
+def tiny_versions(mlflow_server: Any, request: pytest.FixtureRequest) -> tuple[str, int, int]:
+    """(MLflow URI, first, second): two tiny real versions registered in seconds, in an experiment
+    named after the test module (for tests about logging and metrics, not model quality)."""
+    from ml.tracking import Tracker
+
+    experiment = Tracker(mlflow_server.uri).experiment_id(request.module.__name__.rsplit(".", 1)[-1])
+    first, _ = register_tiny_version(mlflow_server.uri, experiment)
+    second, _ = register_tiny_version(mlflow_server.uri, experiment)
+    return mlflow_server.uri, first, second
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 from contract import live_report as names
 from contract import prediction_log as logged
 from tests.serving.live_support import answer, live_report, samples, wait_for, write_report
-from tests.support import Service, register_tiny_version, start_service, write_pin_text
+from tests.support import Service, start_service, write_pin_text
 
 REFRESH = "0.5"  # PRIMER_LIVE_REFRESH_SECONDS in these tests
 
@@ -40,16 +40,6 @@ def documented_model(svc: Service) -> dict[str, Any]:
     info = svc.model()
     ModelInfo.model_validate(info, strict=True)
     return info
-
-
-@pytest.fixture(scope="module")
-def tiny_versions(mlflow_server: Any) -> tuple[str, int, int]:
-    from ml.tracking import Tracker
-
-    experiment = Tracker(mlflow_server.uri).experiment_id("live-metrics")
-    first, _ = register_tiny_version(mlflow_server.uri, experiment)
-    second, _ = register_tiny_version(mlflow_server.uri, experiment)
-    return mlflow_server.uri, first, second
 
 
 @pytest.fixture()

@@ -18,7 +18,7 @@ from bentos.prediction_log import PredictionLog
 from contract import prediction_log as schema
 from ml.features import FEATURE_COLUMNS
 from tests.pg import start_postgres
-from tests.support import Service, free_port, register_tiny_version, start_service, write_pin_text
+from tests.support import Service, free_port, start_service, write_pin_text
 
 
 def _rows(url: str) -> list[dict[str, Any]]:
@@ -111,16 +111,6 @@ def test_primer_up_gives_its_service_a_log_in_the_state_folder(tmp_path: Path) -
 
 
 # -- the service ---------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def tiny_versions(mlflow_server: Any) -> tuple[str, int, int]:
-    from ml.tracking import Tracker
-
-    experiment = Tracker(mlflow_server.uri).experiment_id("prediction-log")
-    first, _ = register_tiny_version(mlflow_server.uri, experiment)
-    second, _ = register_tiny_version(mlflow_server.uri, experiment)
-    return mlflow_server.uri, first, second
-
 
 def _answer(svc: Service, version: int, timeout: float = 60) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
