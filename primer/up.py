@@ -50,6 +50,8 @@ RESUME_READY_TIMEOUT = 10.0
 # How long the summary waits for an answer from fresh market data (not the stored row).
 FRESH_ANSWER_TIMEOUT = 20.0
 PREDICTION_LOG_VAR = ServingSettings.env_name("prediction_log")
+DATA_SOURCE_VAR = LocalSettings.env_name("data_source")
+NEXT_STEP_WIDTH = 70  # longer commands in the summary's "Next:" list get a line of their own
 STATE_VAR = LocalSettings.env_name("state_dir")  # set for the service: how `up` and `down` recognise it
 
 
@@ -330,6 +332,12 @@ def _ui_links(tracking_uri: str) -> str:
     return f"{runs}\n                 {ui_links.model_url(ui, MODEL_NAME)}"
 
 
+def _monitor_env(p: Plan) -> str:
+    """What `primer monitor` needs from this `up` that a shell lacks: the log, and the data source if set."""
+    names = (PREDICTION_LOG_VAR, DATA_SOURCE_VAR)
+    return "".join(f"{name}={p.env[name]} " for name in names if p.env.get(name))
+
+
 def _live_link(tracking_uri: str) -> str:
     """The monitor's experiment (one run per served version, a step per scored day), or its name."""
     from mlflow import MlflowClient
@@ -355,12 +363,12 @@ def _summary(p: Plan, elapsed: float) -> None:
         (f"git merge promote/{MODEL_NAME}-vN", "promote: the service swaps without a restart"),
         (f"{prefix}primer rollback", "roll back to the previous pin (a commit)"),
         (f"{prefix}primer status --service-url {api}", "pin vs MLflow aliases vs what serves: drift?"),
-        (f"{prefix}{PREDICTION_LOG_VAR}={p.env[PREDICTION_LOG_VAR]} primer monitor",
+        (f"{prefix}{_monitor_env(p)}primer monitor",
          "score the served answers once their next close is known; a demotion branch when worse than "
          "climatology"),
         ("primer down", "stop the servers (the state folder is kept)"),
     ]
-    width = max(len(cmd) for cmd, _ in next_steps) + 3
+    width = max(len(cmd) for cmd, _ in next_steps if len(cmd) <= NEXT_STEP_WIDTH) + 3
     click.echo("")
     click.secho(f"The loop is up ({elapsed:.0f}s).", fg="green", bold=True)
     click.echo(f"""
@@ -374,8 +382,8 @@ def _summary(p: Plan, elapsed: float) -> None:
   State, logs    {p.state_dir}
 
 Next:""")
-    for cmd, why in next_steps:
-        click.echo(f"  {cmd.ljust(width)}{why}")
+    for cmd, why in next_steps:  # a long command gets its own line, not a wide table
+        click.echo(f"  {cmd.ljust(width)}{why}" if len(cmd) <= NEXT_STEP_WIDTH else f"  {cmd}\n  {'':{width}}{why}")
 
 
 # ---------------------------------------------------------------- down

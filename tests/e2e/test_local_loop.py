@@ -65,7 +65,14 @@ def test_primer_up_promote_rollback_down(loop_repo: tuple[Path, dict[str, str]])
         assert done.returncode == 0, done.stdout + done.stderr
         # Monitoring ran (nothing to score yet) and the summary says where the live metrics are.
         assert "monitoring: the served answers scored" in done.stdout and "holds no answer yet" not in done.stderr
-        assert f"Live metrics   {api}/metrics" in done.stdout and "primer monitor" in done.stdout, done.stdout
+        assert f"Live metrics   {api}/metrics" in done.stdout, done.stdout
+        # The `primer monitor` line it prints works as pasted: the log and the --offline source, set.
+        [printed] = [line.split() for line in done.stdout.splitlines() if line.strip().endswith("primer monitor")]
+        assigned = dict(word.split("=", 1) for word in printed[:-2])
+        assert assigned["PRIMER_DATA_SOURCE"] == "synthetic" and "PRIMER_PREDICTION_LOG" in assigned, printed
+        monitored = _primer(repo, {**env, **assigned}, "monitor")
+        assert monitored.returncode == 0, monitored.stdout + monitored.stderr
+        assert "1 answer(s) wait for their next close" in monitored.stdout, monitored.stdout
         pinned = read_pin(repo / PIN_PATH).version
         assert pinned == 1
         log = subprocess.run(["git", "log", "--format=%s", "--", PIN_PATH], cwd=repo, capture_output=True,
