@@ -26,6 +26,7 @@ from contract.names import (
     MODEL_NAME,
     PromotionStatus,
     demotion_branch,
+    demotion_title,
     promotion_title,
 )
 from contract.pin import Pin, PinError, parse_pin, read_pin
@@ -38,7 +39,9 @@ from promotion.policy import load_policy
 from promotion.propose import PROMOTION_BRANCH_RE, champion_vs_climatology
 
 EXIT_UNREACHABLE = 3
-_ROLLBACK_RE = re.compile(r"^(Roll back |Revert \")")  # primer rollback's subject, or git revert's
+# primer rollback's subject, git revert's, or a demotion PR's (`primer monitor`): what it rolled back from
+# is not a rollback target any more.
+_ROLLBACK_RE = re.compile(r"^(Roll back |Revert \"|" + re.escape(demotion_title(0, 0).split(" ", 1)[0]) + " )")
 
 
 class CommandError(PrimerError):

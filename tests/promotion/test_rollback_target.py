@@ -68,3 +68,16 @@ def test_a_git_revert_of_a_promotion_counts_as_rolling_back_from_it(tmp_path: Pa
         _promote(repo, v)
     git("revert", "--no-edit", "HEAD", cwd=repo)  # v3 -> v2
     assert _target(repo, 2) == 1  # never back to the reverted v3
+
+
+def test_a_merged_demotion_counts_as_a_rollback(tmp_path: Path) -> None:
+    """After `primer monitor`'s demotion of v2 back to v1 is merged, v2 is no rollback target."""
+    from contract.names import demotion_title
+
+    repo = _repo(tmp_path)
+    for v in (1, 2):
+        _promote(repo, v)
+    commit_pin(repo, PIN_PATH, 1, demotion_title(2, 1))
+    assert _target(repo, 1) is None
+    _promote(repo, 3)
+    assert _target(repo, 3) == 1
