@@ -4,8 +4,8 @@ Reads the prediction log (:mod:`contract.prediction_log`), labels each answer wi
 realized next-day move (:func:`ml.features.next_day_labels`, the training label) and
 scores every served version on its scored days, next to two baselines on the same days:
 
-- climatology: P(up) = the up-rate of the labels known at the answer's as_of (bars before
-  as_of, all of the source's history); the training up-rate is not in the log.
+- climatology: P(up) = the up-rate of the labels known at the answer's as_of, over the
+  training window's length (``train_years``): what the gate's climatology recipe forecasts.
 - always UP: P(up) = 1.
 
 An answer is scored only once its next trading day's close is in the prices. Each version
@@ -89,22 +89,25 @@ def read_log(url: str) -> pd.DataFrame:
     return frame
 
 
-def up_rate_before(labels: pd.Series) -> pd.Series:
-    """At each date, the up-rate of the labels known then: those of the bars strictly before it.
+def up_rate_before(labels: pd.Series, window: int) -> pd.Series:
+    """At each date, the up-rate of the last ``window`` labels known then (bars strictly before it).
 
     The label of the bar before ``d`` needs ``d``'s close, which is known at as_of ``d``.
-    NaN (unknown) labels count for nothing; the first date, with no history, gets 0.5.
+    ``window`` is the training window's length in rows, so this is the forecast the gate's
+    climatology recipe makes (the training rows' up-rate). NaN (unknown) labels count for
+    nothing; the first date, with no history, gets 0.5.
     """
     known = labels.shift(1)
-    ups = known.fillna(0.0).cumsum()
-    count = known.notna().astype(float).cumsum()
+    ups = known.fillna(0.0).rolling(window, min_periods=1).sum()
+    count = known.notna().astype(float).rolling(window, min_periods=1).sum()
     return (ups / count.replace(0.0, np.nan)).fillna(0.5)
 
 
-def scored_days(answers: pd.DataFrame, prices: pd.DataFrame) -> list[ScoredDays]:
-    """Per model version (ascending), its answers whose label is known in ``prices``."""
+def scored_days(answers: pd.DataFrame, prices: pd.DataFrame, training_rows: int) -> list[ScoredDays]:
+    """Per model version (ascending), its answers whose label is known in ``prices``; climatology
+    is the up-rate of the ``training_rows`` labels known before each as_of."""
     labels = next_day_labels(prices)
-    climatology = up_rate_before(labels)
+    climatology = up_rate_before(labels, training_rows)
     out = []
     for version, group in answers.groupby(schema.MODEL_VERSION, sort=True):
         group = group.sort_values(schema.AS_OF)

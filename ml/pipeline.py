@@ -71,6 +71,11 @@ class Proposer(Protocol):
         """Gate the evaluation and propose the pin change; raise a PrimerError when that fails."""
 
 
+def train_rows_for(years: float) -> int:
+    """The training window in rows for PRIMER_TRAIN_YEARS (at least a trading year)."""
+    return max(MIN_TRAIN_ROWS, int(round(years * TRADING_DAYS_PER_YEAR)))
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """One run: the settings read at start-up plus what the command line asked for."""
@@ -89,7 +94,7 @@ class PipelineConfig:
 
     @property
     def train_rows(self) -> int:
-        return max(MIN_TRAIN_ROWS, int(round(self.settings.train_years * TRADING_DAYS_PER_YEAR)))
+        return train_rows_for(self.settings.train_years)
 
     @property
     def rows_needed(self) -> int:

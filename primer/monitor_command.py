@@ -50,7 +50,7 @@ def run_monitor(run: MonitorRun, *, propose: bool) -> None:
         click.echo(f"the prediction log {public_uri(settings.prediction_log)} holds no answer yet")
         return
     prices = _visible_prices(settings)
-    scored = scoring.scored_days(answers, prices)
+    scored = scoring.scored_days(answers, prices, _training_rows(settings))
     pinned = _pinned(settings)
     reports = {}
     for s in (s for s in scored if len(s.days)):
@@ -84,6 +84,13 @@ def _drift(run: MonitorRun, scored: Any, prices: Any) -> tuple[Any, list[str]]:
         return None, [note]
 
 
+def _training_rows(settings: MonitorSettings) -> int:
+    """The training window in rows, as ``primer train`` fits with the same PRIMER_TRAIN_YEARS."""
+    from ml.pipeline import train_rows_for
+
+    return train_rows_for(settings.train_years)
+
+
 def _pinned(settings: MonitorSettings) -> int | None:
     """The pinned version; an unreadable pin skips the demotion check (the reports are written)."""
     from contract.pin import PinError, read_pin
@@ -102,7 +109,6 @@ def _demote(run: MonitorRun, scored: Any, report: Any, prices: Any, propose: boo
         click.echo(f"[demote] v{report.model_version} warrants a demotion; not proposed ({why})")
         return
     from ml.demotion import ClimatologyFit, choose_target
-    from ml.pipeline import TRADING_DAYS_PER_YEAR
     from ml.tracking import Tracker
     from primer.promotion_commands import pin_history_of, previous_version
     from promotion.demote import propose_demotion
@@ -112,8 +118,7 @@ def _demote(run: MonitorRun, scored: Any, report: Any, prices: Any, propose: boo
     promotion = load_promotion(settings)
     previous = previous_version(pin_history_of(settings), report.model_version)
     tracker = Tracker.connect(settings.tracking_uri)
-    fit = ClimatologyFit(prices, int(round(settings.train_years * TRADING_DAYS_PER_YEAR)), settings.data_spec(),
-                         settings.repo_root())
+    fit = ClimatologyFit(prices, _training_rows(settings), settings.data_spec(), settings.repo_root())
     target = choose_target(tracker, pinned=report.model_version, previous=previous, days=scored.days,
                            gate=run.gate, fit=fit)
     if target is not None:
@@ -164,7 +169,7 @@ def monitor(no_propose: bool, warn_only: bool) -> None:
 
     Per version, over all its scored days and the rolling window (promotion/monitoring.yaml):
     log loss, Brier, accuracy and balanced accuracy of its P(up), the same for climatology
-    (the up-rate of the labels known at each as_of) and always-UP on the same days, and the
+    (the up-rate of the last PRIMER_TRAIN_YEARS of labels known at each as_of) and always-UP on the same days, and the
     gate's paired test (promotion/policy.yaml) asking whether the model is worse than
     climatology. The reports go to the log's database (the service shows them on /metrics)
     and to MLflow (experiment spy-direction-live, one run per version, one step per scored

@@ -57,8 +57,10 @@ def _expected(close: np.ndarray, answered: dict[int, float]) -> dict[str, Any]:
     scored = [pos for pos in sorted(answered) if pos + 1 < len(close)]
     y = np.array([int(close[pos + 1] > close[pos]) for pos in scored])
     p = np.array([answered[pos] for pos in scored])
-    # Climatology at as_of pos: up-rate of the moves known then, j -> j+1 for j + 1 <= pos.
-    clim = np.array([np.mean(close[1 : pos + 1] > close[:pos]) for pos in scored])
+    # Climatology at as_of pos: up-rate of the last 2,520 moves known then (10 training years),
+    # j -> j+1 for pos - 2520 <= j and j + 1 <= pos.
+    clim = np.array([np.mean(close[max(0, pos - 2520) + 1 : pos + 1] > close[max(0, pos - 2520) : pos])
+                     for pos in scored])
     assert 0 < y.sum() < len(y), "both outcomes must occur for the check to mean something"
     pred = (p >= 0.5).astype(int)
     return {"scored days": len(scored), "log loss": log_loss(y, p, labels=[0, 1]),
