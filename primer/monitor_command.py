@@ -68,6 +68,17 @@ def run_monitor(run: MonitorRun, *, propose: bool) -> None:
         click.echo(f"live {scoring.summary_line(reports[pinned])}")
         if reports[pinned].demotion_warranted:
             _demote(run, next(s for s in scored if s.model_version == pinned), reports[pinned], prices, propose)
+        elif propose:
+            _withdraw(run, pinned, f"the live evidence of v{pinned} no longer warrants a demotion "
+                                   f"({scoring.summary_line(reports[pinned])})")
+
+
+def _withdraw(run: MonitorRun, pinned: int, why: str) -> None:
+    from promotion.demote import withdraw_demotions
+    from promotion.propose import load_promotion
+
+    for url in withdraw_demotions(pinned, load_promotion(run.settings), why):
+        click.echo(f"[demote] closed {url}: no longer applies")
 
 
 def _drift(run: MonitorRun, scored: Any, prices: Any) -> tuple[Any, list[str]]:
@@ -108,7 +119,8 @@ def _demote(run: MonitorRun, scored: Any, report: Any, prices: Any, propose: boo
         why = "--no-propose" if not propose else "demotion: off in monitoring.yaml"
         click.echo(f"[demote] v{report.model_version} warrants a demotion; not proposed ({why})")
         return
-    from ml.demotion import ClimatologyFit, choose_target
+    from contract.errors import one_line
+    from ml.demotion import ClimatologyFit, DemotionError, choose_target
     from ml.tracking import Tracker
     from primer.promotion_commands import pin_history_of, previous_version
     from promotion.demote import propose_demotion
@@ -119,8 +131,14 @@ def _demote(run: MonitorRun, scored: Any, report: Any, prices: Any, propose: boo
     previous = previous_version(pin_history_of(settings), report.model_version)
     tracker = Tracker.connect(settings.tracking_uri)
     fit = ClimatologyFit(prices, _training_rows(settings), settings.data_spec(), settings.repo_root())
-    target = choose_target(tracker, pinned=report.model_version, previous=previous, days=scored.days,
-                           gate=run.gate, fit=fit)
+    try:
+        target = choose_target(tracker, pinned=report.model_version, previous=previous, days=scored.days,
+                               gate=run.gate, fit=fit)
+    except PrimerError:
+        raise
+    except Exception as exc:  # MLflow failing mid-way: one line, not a traceback
+        raise DemotionError(f"choosing the rollback target of v{report.model_version} failed: {one_line(exc)}"
+                            ) from exc
     if target is not None:
         click.echo(f"[demote] target v{target.version}: {target.reason}")
     click.echo(f"[demote] {propose_demotion(report, target, promotion, tracker.client).message}")

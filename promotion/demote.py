@@ -326,3 +326,29 @@ def propose_demotion(report: LiveReport, target: DemotionTarget | None, promotio
         raise DemotionProposalError(f"{outcome.message}, but tagging {MODEL_NAME} v{pinned} in MLflow failed: "
                                     f"{one_line(exc)}") from exc
     return outcome
+
+
+def withdraw_demotions(pinned: int | None, promotion: Promotion, why: str) -> list[str]:
+    """Close the open demotion PRs that no longer apply, each with a comment; their URLs.
+
+    Those of a version git no longer pins, and those of ``pinned`` itself when its live evidence
+    (``why``) no longer warrants a demotion: a stale demotion must not wait to be merged.
+    Raises :class:`DemotionProposalError` when the forge fails (nothing lost; the next run retries).
+    """
+    if promotion.forge.kind == "none":
+        return []
+    closed = []
+    try:
+        for pr in promotion.forge.list_open_prs():
+            m = DEMOTION_BRANCH_RE.match(pr.head)
+            if not m:
+                continue
+            judged = int(m.group(1))
+            reason = why if judged == pinned else f"v{judged} is no longer pinned"
+            promotion.forge.comment(pr.number, f"Withdrawn: {reason}. Closing.")
+            promotion.forge.close_pr(pr.number)
+            closed.append(pr.url)
+    except ForgeError as exc:
+        raise DemotionProposalError(f"withdrawing stale demotion PRs failed: {one_line(exc)} "
+                                    "(the next `primer monitor` retries)") from exc
+    return closed

@@ -16,7 +16,7 @@ from contract.demotion import DemotionTarget
 from contract.live_report import DriftStatus, LiveReport
 from contract.names import MODEL_NAME, PromotionStatus, Tag, demotion_branch, demotion_title
 from contract.settings import PromotionSettings
-from promotion.demote import DemotionProposalError, evidence_digest, propose_demotion
+from promotion.demote import DemotionProposalError, evidence_digest, propose_demotion, withdraw_demotions
 from promotion.propose import Promotion, load_promotion
 from tests.promotion.conftest import Registry, Repos, git, use_forge
 from tests.promotion.fakeforge import FakeForge
@@ -205,3 +205,30 @@ def test_no_forge_pushes_the_branch_only(promo_env: Repos, promo_mlflow: Registr
     assert tags(promo_mlflow, pinned)[Tag.DEMOTION_PR] == f"branch {branch}"
     assert propose_demotion(report(pinned), target(pinned, previous), p, c).status == "branch_only"
     assert promo_env.remote_pin("main").endswith(f"version: {pinned}")
+
+
+def test_demotion_prs_that_no_longer_apply_are_withdrawn(promo_env: Repos, promo_mlflow: Registry,
+                                                          new_version: Versions, gitea: FakeForge,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A demotion whose evidence went away (or whose version is no longer pinned) is closed, not left
+    to be merged later; a demotion that still applies, and promotion PRs, are left alone."""
+    previous, _ = new_version()
+    pinned, _ = new_version()
+    pin_main(promo_env, pinned)
+    p, c = promotion(monkeypatch, gitea), registry.client(promo_mlflow.uri)
+    first = propose_demotion(report(pinned), target(pinned, previous), p, c)
+    assert first.status == "proposed"
+    gitea.prs.append({"number": 99, "title": "Promote spy-direction to v99", "body": "", "state": "open",
+                      "head": {"ref": "promote/spy-direction-v99"}, "base": {"ref": "main"},
+                      "html_url": "http://forge/pulls/99"})
+
+    assert withdraw_demotions(pinned, p, "no longer warranted") == [first.pr_url]
+    assert [pr["number"] for pr in gitea.open_prs()] == [99]
+    assert any("Withdrawn: no longer warranted" in cm["body"] for cm in gitea.comments)
+
+    # The pin moved on: the old version's demotion is withdrawn whatever the new pin's evidence.
+    again = propose_demotion(report(pinned, days=41, as_of="2026-03-03"), target(pinned, previous, days=41), p, c)
+    assert again.status == "proposed"
+    assert withdraw_demotions(previous, p, "unused") == [again.pr_url]
+    assert any(f"v{pinned} is no longer pinned" in cm["body"] for cm in gitea.comments)
+    assert promo_env.remote_pin("main").endswith(f"version: {pinned}")  # closing never touches the pin
