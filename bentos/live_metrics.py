@@ -71,6 +71,8 @@ class LiveMetrics:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._engine is not None:  # its pooled connection to PostgreSQL, closed rather than dropped
+            self._engine.dispose()
 
     def _run(self) -> None:
         read_version, read_at = None, 0.0

@@ -4,11 +4,12 @@ One typed settings object per entry point, read once at the start and passed dow
 
 =========================  ===============================================================
 ``TrainSettings``          ``primer train`` (and the CronJob that runs it), ``primer backtest``
-``PromotionSettings``      ``primer promote | rollback | status | pin check``,
+``PromotionSettings``      ``primer promote | rollback | pin check``,
                            ``primer registry sync | prune`` (the PostSync hook, the prune CronJob)
 ``DataSettings``           ``primer data fetch`` (the training Job's init container)
 ``ServingSettings``        the BentoML service (``primer serve``, the Deployment)
 ``MonitorSettings``        ``primer monitor`` (the training CronJob's first step, ``primer up``)
+``StatusSettings``         ``primer status``
 ``LocalSettings``          ``primer up`` / ``primer down``
 =========================  ===============================================================
 
@@ -198,7 +199,7 @@ class ReplaySettings(_Settings):
 class PromotionSettings(RepoSettings):
     """The gate's policy file, git and the forge API (Gitea or GitHub)."""
 
-    entry_point: ClassVar[str] = ("primer promote / rollback / status / pin check / registry sync / registry prune; "
+    entry_point: ClassVar[str] = ("primer promote / rollback / pin check / registry sync / registry prune; "
                                   "primer train")
 
     policy_file: Path | None = Field(
@@ -327,6 +328,12 @@ class MonitorSettings(PromotionSettings, DataSettings, ReplaySettings, Predictio
         return in_repo if in_repo.exists() else Path(__file__).resolve().parent.parent / MONITORING_PATH
 
 
+class StatusSettings(PromotionSettings, PredictionLogSettings):
+    """``primer status``: the promotion settings and where the monitor's live reports are."""
+
+    entry_point: ClassVar[str] = "primer status"
+
+
 class LocalSettings(StateSettings, DataSettings):
     """``primer up`` / ``primer down``."""
 
@@ -334,7 +341,7 @@ class LocalSettings(StateSettings, DataSettings):
 
 
 ENTRY_POINTS: tuple[type[_Settings], ...] = (TrainSettings, PromotionSettings, DataSettings, ServingSettings,
-                                             MonitorSettings, LocalSettings)
+                                             MonitorSettings, StatusSettings, LocalSettings)
 
 
 def child_env(**extra: str) -> dict[str, str]:

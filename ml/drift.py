@@ -4,7 +4,7 @@ Three checks, each with its own alert (``contract.live_report.DRIFT_CHECKS``), t
 from ``promotion/monitoring.yaml`` (:class:`contract.monitoring.Monitoring`):
 
 - ``features``: each feature's distribution over the recent window (the last
-  ``drift_window_days`` rows up to the monitor's anchor) against the version's training
+  ``drift_window_days`` rows up to the version's last scored day) against its training
   window, as a population stability index (PSI) on the training window's quantile bins.
   PSI with a fixed threshold does not work here: the features are rolling windows of a
   series whose volatility clusters, so a 60-day window of a *stationary* market already
@@ -27,8 +27,8 @@ from ``promotion/monitoring.yaml`` (:class:`contract.monitoring.Monitoring`):
 What this can and cannot see (tests/perf/bench_drift.py, 10-year training windows): a
 doubled volatility is within what a clustered market does on its own over a decade and is
 caught in about a third of windows, a tripled one in about three quarters; a wider intraday
-range alone hardly at all; a 70 % up-rate in about two thirds; any dividend or split
-adjustment of served bars always.
+range alone hardly at all when doubled (4 %), in 40 % of windows at four times; a 70 % up-rate
+in about two thirds; any dividend or split adjustment of served bars always.
 
 Pure functions of frames: nothing here reads the log, the source or MLflow except
 :func:`training_window`, which asks an MLflow client the caller passes in. The monitor calls
@@ -147,7 +147,7 @@ def _cumulative(hot: np.ndarray) -> np.ndarray:
 
 
 def max_t_p_value(observed: np.ndarray, null: np.ndarray) -> float:
-    """How often the training window's own windows look at least as unusual as the recent one,
+    """How often the history's own windows (the null) look at least as unusual as the recent one,
     on the most unusual feature (Westfall-Young single-step min-p: a family-wise p-value).
 
     Each feature's PSI becomes its tail share among the null windows (so features on
@@ -236,8 +236,9 @@ def drift_status(training: pd.DataFrame, recent: pd.DataFrame, served: pd.DataFr
 
     ``training``: the version's training rows (``build_features`` rows with their label, from
     :func:`training_window`'s dates); ``recent``: the last ``drift_window_days`` feature rows up
-    to the monitor's anchor, rebuilt now from the source (label NaN where the next close is not
-    known yet); ``served``: what the service scored (:func:`served_rows`), any dates: only those
+    to the anchor (the monitor's: the version's last scored day), rebuilt now from the source
+    (label NaN where the next close is not known yet); ``served``: what the service scored
+    (:func:`served_rows`), any dates: only those
     in ``recent`` are compared; ``history``: the feature rows before the recent window (the
     training rows among them) whose windows calibrate the feature check (default: the training
     rows alone; more history, a better-known null). :func:`drift_from_features` cuts all of them.

@@ -74,10 +74,17 @@ def log_live_record(tracker: Tracker, scored: ScoredDays, report: LiveReport, ga
         return run_id, 0
     if report.drift is not None:  # drift as of the newest step (it looks at a window, not a day)
         steps[-1][2].update(drift_metrics(report.drift))
-    metrics = [Metric(name, value, calendar.timegm(day.timetuple()) * 1000, step)
-               for step, day, values in steps for name, value in values.items()]
-    for start in range(0, len(metrics), BATCH):
-        tracker.client.log_batch(run_id, metrics=metrics[start:start + BATCH])
+    # Whole steps per request, each step's STEP_KEY last: a request that fails leaves no step
+    # marked logged (STEP_KEY is the progress mark) with some of its metrics missing.
+    batch: list[Metric] = []
+    for step, day, values in steps:
+        stamp = calendar.timegm(day.timetuple()) * 1000
+        ordered = sorted(values.items(), key=lambda kv: kv[0] == STEP_KEY)
+        if len(batch) + len(ordered) > BATCH:
+            tracker.client.log_batch(run_id, metrics=batch)
+            batch = []
+        batch += [Metric(name, value, stamp, step) for name, value in ordered]
+    tracker.client.log_batch(run_id, metrics=batch)
     tags = {"as_of": report.as_of, "scored_days": str(report.scored_days),
             "demotion_warranted": str(report.demotion_warranted).lower()}
     if report.drift is not None:

@@ -17,7 +17,6 @@ climatology" means here what it means for a promotion. The reports are written t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -66,25 +65,32 @@ def _engine(url: str) -> Any:
     return create_engine(url)
 
 
-def read_log(url: str) -> pd.DataFrame:
-    """The log's answers as a frame (model_version, as_of, p_up, features); raises :class:`MonitorError`."""
-    from sqlalchemy import MetaData, inspect, select
+def _read_rows(url: str, table: Any, columns: list[str]) -> list[tuple[Any, ...]]:
+    """``columns`` of every row of ``table`` ([] when the table does not exist yet); :class:`MonitorError`
+    in one line when the database cannot be reached or read."""
+    from sqlalchemy import inspect, select
 
-    table = schema.table(MetaData())
-    columns = [schema.MODEL_VERSION, schema.AS_OF, schema.P_UP, schema.FEATURES]
     try:
         engine = _engine(url)
         try:
             with engine.connect() as conn:
-                rows = [tuple(r) for r in conn.execute(select(*(table.c[c] for c in columns)))
-                        ] if inspect(conn).has_table(schema.TABLE_NAME) else []  # no table: no answer yet
+                if not inspect(conn).has_table(table.name):
+                    return []
+                return [tuple(r) for r in conn.execute(select(*(table.c[c] for c in columns)))]
         finally:
             engine.dispose()
     except MonitorError:
         raise
     except Exception as exc:  # any driver/URL failure: one clear line
         raise MonitorError(f"prediction log {public_uri(url)} is unreachable: {one_line(exc)}") from None
-    frame = pd.DataFrame(rows, columns=columns)
+
+
+def read_log(url: str) -> pd.DataFrame:
+    """The log's answers as a frame (model_version, as_of, p_up, features); none when no table exists yet."""
+    from sqlalchemy import MetaData
+
+    columns = [schema.MODEL_VERSION, schema.AS_OF, schema.P_UP, schema.FEATURES]
+    frame = pd.DataFrame(_read_rows(url, schema.table(MetaData()), columns), columns=columns)
     frame[schema.AS_OF] = pd.to_datetime(frame[schema.AS_OF])
     return frame
 
@@ -198,7 +204,7 @@ def step_series(scored: ScoredDays, gate: GateSpec, thresholds: Monitoring, firs
     return out
 
 
-def unscored(answers: pd.DataFrame, scored: Iterable[ScoredDays]) -> dict[int, int]:
+def unscored(scored: Iterable[ScoredDays]) -> dict[int, int]:
     """Per version, how many logged answers still wait for their next close."""
     return {s.model_version: s.answers - len(s.days) for s in scored if s.answers > len(s.days)}
 
@@ -237,30 +243,11 @@ def _upsert(dialect: str, table: Any) -> Any:
 
 def read_reports(url: str) -> dict[int, LiveReport]:
     """Every version's last report ({} when the monitor never wrote one); raises :class:`MonitorError`."""
-    from sqlalchemy import MetaData, inspect, select
+    from sqlalchemy import MetaData
 
-    table = reports_table.table(MetaData())
-    try:
-        engine = _engine(url)
-        try:
-            with engine.connect() as conn:
-                if not inspect(conn).has_table(reports_table.TABLE_NAME):
-                    return {}
-                rows = list(conn.execute(select(table.c[reports_table.REPORT])))
-        finally:
-            engine.dispose()
-    except MonitorError:
-        raise
-    except Exception as exc:
-        raise MonitorError(f"prediction log {public_uri(url)} is unreachable: {one_line(exc)}") from None
-    reports = [LiveReport.from_json(row[0]) for row in rows]
+    rows = _read_rows(url, reports_table.table(MetaData()), [reports_table.REPORT])
+    reports = [LiveReport.from_json(text) for (text,) in rows]
     return {r.model_version: r for r in reports}
-
-
-def logged_features(scored: ScoredDays) -> pd.DataFrame:
-    """The feature rows the version answered from, one per scored day (columns = the logged keys)."""
-    rows = [json.loads(text) for text in scored.days[schema.FEATURES]]
-    return pd.DataFrame(rows, index=scored.days.index)
 
 
 def table_text(reports: Iterable[LiveReport]) -> str:

@@ -61,7 +61,7 @@ def run_monitor(run: MonitorRun, *, propose: bool) -> None:
         click.echo(scoring.table_text(reports.values()))
     else:
         click.echo("no answer is scored yet: every logged answer waits for its next close")
-    for version, waiting in sorted(scoring.unscored(answers, scored).items()):
+    for version, waiting in sorted(scoring.unscored(scored).items()):
         click.echo(f"version {version}: {waiting} answer(s) wait for their next close")
     _log_to_mlflow(run, [s for s in scored if s.model_version in reports], reports)
     if pinned is not None and pinned in reports:

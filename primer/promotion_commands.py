@@ -30,7 +30,7 @@ from contract.names import (
     promotion_title,
 )
 from contract.pin import Pin, PinError, parse_pin, read_pin
-from contract.settings import MonitorSettings, PromotionSettings
+from contract.settings import PromotionSettings, StatusSettings
 from contract.ui import ui_base
 from promotion import gitops
 from promotion.forge import ForgeError, forge_from_settings
@@ -364,7 +364,7 @@ def _status_service(service_url: str, pinned: int | None, drift: list[str]) -> N
         drift.append(f"service at {service_url} did not answer /model")
 
 
-def _status_live(settings: MonitorSettings, pinned: int | None) -> None:
+def _status_live(settings: StatusSettings, pinned: int | None) -> None:
     """The pinned version's live record, as `primer monitor` last wrote it (when the log is configured)."""
     if not settings.prediction_log:
         click.echo("live (monitor):       not configured (PRIMER_PREDICTION_LOG)")
@@ -384,11 +384,12 @@ def _status_prs(settings: PromotionSettings, unchecked: list[str]) -> None:
     try:
         forge = forge_from_settings(settings)
         if forge.kind != "none":
-            prs = [p for p in forge.list_open_prs() if PROMOTION_BRANCH_RE.match(p.head)]
+            open_prs = forge.list_open_prs()
+            prs = [p for p in open_prs if PROMOTION_BRANCH_RE.match(p.head)]
             click.echo(f"open promotion PRs:   {len(prs)}")
             for p in prs:
                 click.echo(f"  #{p.number} {p.title}  {p.url}")
-            for p in (p for p in forge.list_open_prs() if p.head.startswith(demotions)):
+            for p in (p for p in open_prs if p.head.startswith(demotions)):
                 click.echo(f"open demotion PR:     #{p.number} {p.title}  {p.url}")
     except ForgeError as exc:
         click.echo(f"open promotion PRs:   unknown ({exc})")
@@ -410,7 +411,7 @@ def status(service_url: str | None, strict: bool) -> None:
     Prints a DRIFT line for each disagreement. Open PRs are listed when a forge
     is configured (PRIMER_FORGE, PRIMER_FORGE_URL, PRIMER_FORGE_REPO, PRIMER_FORGE_TOKEN).
     """
-    settings = MonitorSettings.load(service_url=service_url)
+    settings = StatusSettings.load(service_url=service_url)
     drift: list[str] = []
     unchecked: list[str] = []  # what could not be compared: never reported as "in sync"
     # Absolute: `git log` runs in the pin's folder.

@@ -49,6 +49,7 @@ SERVING_READY_TIMEOUT = 120.0
 RESUME_READY_TIMEOUT = 10.0
 # How long the summary waits for an answer from fresh market data (not the stored row).
 FRESH_ANSWER_TIMEOUT = 20.0
+MONITOR_TIMEOUT = 120.0  # `up`'s monitoring step: scores and logs what there is, or is skipped
 PREDICTION_LOG_VAR = ServingSettings.env_name("prediction_log")
 DATA_SOURCE_VAR = LocalSettings.env_name("data_source")
 NEXT_STEP_WIDTH = 70  # longer commands in the summary's "Next:" list get a line of their own
@@ -296,7 +297,12 @@ def up(p: Plan, *, retrain: bool) -> None:
 
 def _monitor(p: Plan) -> None:
     """``primer monitor --warn-only``: never stops `up` (a fresh loop has nothing to score yet)."""
-    subprocess.run([console_script("primer"), "monitor", "--warn-only"], env=p.env, cwd=p.repo)
+    try:
+        subprocess.run([console_script("primer"), "monitor", "--warn-only"], env=p.env, cwd=p.repo,
+                       timeout=MONITOR_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        click.echo(f"warning: primer monitor did not finish within {MONITOR_TIMEOUT:.0f}s; skipped "
+                   "(run it by hand later)", err=True)
 
 
 def _first_answer(api: str) -> str:

@@ -88,6 +88,7 @@ def test_monitor_scores_each_version_against_the_realized_closes(monkeypatch: py
     monkeypatch.setenv("PRIMER_PREDICTION_LOG", url)
     monkeypatch.setenv("PRIMER_DATA_SOURCE", SOURCE)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
+    monkeypatch.setenv("PRIMER_PIN_FILE", str(write_pin_text(tmp_path / "unpinned.yaml", None)))
     prices = load_prices(SOURCE)
     n = len(prices)
     # Version 1 answered 40 days, then version 2 took over up to the last bar (not scorable yet).
@@ -188,8 +189,8 @@ def test_the_live_run_link_opens_the_stepped_metrics_in_the_mlflow_ui(monkeypatc
 
     scrub_environ(monkeypatch)
     url = f"sqlite:///{tmp_path / 'predictions.db'}"
-    for name, value in {"PRIMER_PREDICTION_LOG": url, "PRIMER_DATA_SOURCE": SOURCE,
-                        "MLFLOW_TRACKING_URI": mlflow_uri}.items():
+    for name, value in {"PRIMER_PREDICTION_LOG": url, "PRIMER_DATA_SOURCE": SOURCE, "MLFLOW_TRACKING_URI": mlflow_uri,
+                        "PRIMER_PIN_FILE": str(write_pin_text(tmp_path / "unpinned.yaml", None))}.items():
         monkeypatch.setenv(name, value)
     prices = load_prices(SOURCE)
     n = len(prices)

@@ -265,7 +265,8 @@ def test_in_replay_mode_a_row_is_fresh_until_the_replay_clock_steps(tmp_path: Pa
     assert rt.refresh_features() and len(calls) == 1
     clock, _ = calls[0]
     day = rt.features.fetched_day  # type: ignore[union-attr]
-    assert day == clock.steps() in (5, 6)  # type: ignore[attr-defined]
+    steps = clock.steps()  # type: ignore[attr-defined]
+    assert day == steps and steps in (5, 6)
     assert rt.features_fresh(today=day) and not rt.features_fresh(today=day + 1)  # type: ignore[operator]
     assert rt.clock_day(epoch + timedelta(seconds=4.5)) == 2  # the clock's step, not the UTC day
     assert rt.ready and rt.status()["last_error"] is None
