@@ -28,11 +28,16 @@ def _resolve(settings: MonitorSettings) -> MonitorRun:
 
 
 def _visible_prices(settings: MonitorSettings) -> Any:
-    """The source's bars known now: up to today (live) or up to the replay clock's anchor (replay)."""
+    """The source's bars known now, validated: up to today (live) or up to the replay clock's anchor (replay)."""
     from ml.data import load_prices
+    from ml.features import WARMUP_ROWS
     from ml.replay import until_anchor, visible_end
+    from ml.validate import Rules, validate_prices
 
     prices = load_prices(settings.data_spec(), seed=settings.synthetic_seed, end=visible_end(settings))
+    # Training's rules, before anything is labelled or written; freshness is not asked: the log's
+    # answers are labelled with whatever closes exist.
+    prices = validate_prices(prices, rules=Rules(min_rows=WARMUP_ROWS + 2))
     prices, anchor = until_anchor(prices, settings)
     if anchor is not None:
         click.echo(f"[replay] the market is known up to {anchor}")

@@ -219,3 +219,21 @@ def test_the_live_run_link_opens_the_stepped_metrics_in_the_mlflow_ui(monkeypatc
         assert any("metric_key=balanced_accuracy" in u for u in charted), charted
         network = [u for _, u in page.responses()]
         assert all(u.startswith(("http://127.0.0.1", "blob:", "data:")) for u in network), network
+
+
+def test_bad_prices_stop_the_monitor_before_anything_is_written(monkeypatch: pytest.MonkeyPatch,
+                                                                tmp_path: Path) -> None:
+    """Training's validation rules apply: a bad bar is one error line, and no report is written."""
+    scrub_environ(monkeypatch)
+    prices = load_prices(SOURCE).tail(200).reset_index(drop=True)
+    url = f"sqlite:///{tmp_path / 'predictions.db'}"
+    _write_log(url, prices, {3: list(range(100, 150))}, np.random.default_rng(1))
+    prices.loc[120, "close"] = -1.0  # a broken bar in the middle of the answered days
+    csv = tmp_path / "prices.csv"
+    prices.to_csv(csv, index=False)
+    for name, value in {"PRIMER_PREDICTION_LOG": url, "PRIMER_DATA_SOURCE": f"csv:{csv}",
+                        "PRIMER_PIN_FILE": str(write_pin_text(tmp_path / "pin.yaml", None))}.items():
+        monkeypatch.setenv(name, value)
+    r = CliRunner().invoke(primer, ["monitor"])
+    assert r.exit_code != 0 and "error: " in r.output and "positive" in r.output.lower(), r.output
+    assert monitor.read_reports(url) == {}
