@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from contract.errors import PrimerError
-from contract.names import CHALLENGER_ALIAS, CHAMPION_ALIAS, MODEL_NAME, PromotionStatus, Tag
+from contract.names import CHALLENGER_ALIAS, CHAMPION_ALIAS, CLIMATOLOGY_FAMILY, MODEL_NAME, PromotionStatus, Tag
 
 if TYPE_CHECKING:  # MLflow is imported lazily: `primer --help` and `pin check` stay fast
     from mlflow.entities.model_registry import ModelVersion
@@ -174,3 +174,19 @@ def prunable_versions(c: MlflowClient, keep: set[int], keep_recent: int, name: s
 def delete_versions(c: MlflowClient, versions: list[int], name: str = MODEL_NAME) -> None:
     for version in versions:
         c.delete_model_version(name, str(version))
+
+
+def recipe_family(recipe_json: str | None) -> str | None:
+    """The family of a recipe (the ``recipe`` tag's JSON, ``Tag.RECIPE``); None when absent or unreadable."""
+    import json
+
+    try:
+        family = json.loads(recipe_json or "").get("family")
+    except (ValueError, AttributeError):
+        return None
+    return family if isinstance(family, str) else None
+
+
+def is_climatology_recipe(recipe_json: str | None) -> bool:
+    """True for a climatology recipe: the honest baseline, nothing simpler to roll back to."""
+    return recipe_family(recipe_json) == CLIMATOLOGY_FAMILY

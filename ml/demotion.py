@@ -41,7 +41,7 @@ from contract.significance import GateSpec, PairedTest, SignificanceError, paire
 from ml import walkforward
 from ml.evaluate import metrics_dict, score
 from ml.features import FEATURE_COLUMNS, LABEL, build_features, labeled, tomorrow_row
-from ml.folds import log_losses, recipe_from_json, recipe_to_json
+from ml.folds import log_losses, recipe_to_json
 from ml.tracking import Tracker, git_sha
 from ml.train import Candidate, predict_up
 
@@ -133,22 +133,15 @@ def previous_better_on_same_days(tracker: Tracker, previous: int, days: pd.DataF
     return PreviousCheck(previous, True, reason, pinned_loss, loss, test)
 
 
-def _recipe_family(tags: dict[str, str]) -> str | None:
-    try:
-        return recipe_from_json(tags[Tag.RECIPE.value]).family
-    except (KeyError, ValueError, TypeError):
-        return None
-
-
 def newest_climatology(tracker: Tracker, name: str = MODEL_NAME) -> int | None:
     """The newest registered version whose recipe is the climatology family, None if there is none."""
     found = [int(mv.version) for mv in registry.all_versions(tracker.client, name)
-             if _recipe_family(dict(mv.tags)) == CLIMATOLOGY_FAMILY]
+             if registry.is_climatology_recipe(mv.tags.get(Tag.RECIPE.value))]
     return max(found) if found else None
 
 
 def is_climatology(tracker: Tracker, version: int, name: str = MODEL_NAME) -> bool:
-    return _recipe_family(tracker.version_tags(version, name)) == CLIMATOLOGY_FAMILY
+    return registry.is_climatology_recipe(tracker.version_tags(version, name).get(Tag.RECIPE.value))
 
 
 def register_climatology(tracker: Tracker, fit: ClimatologyFit, days: pd.DataFrame) -> tuple[int, Any]:

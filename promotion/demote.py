@@ -26,7 +26,6 @@ MLflow with ``demotion_pr`` and ``demotion_target``; a target that was never pin
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +38,6 @@ from contract.demotion import DemotionTarget
 from contract.errors import PrimerError, one_line
 from contract.live_report import SCORE_METRICS, LiveReport
 from contract.names import (
-    CLIMATOLOGY_FAMILY,
     MODEL_NAME,
     PIN_PATH,
     POLICY_PATH,
@@ -245,10 +243,7 @@ def _pinned_is_climatology(c: Any, version: int) -> bool:
     mv = registry.get_version(c, version)
     if mv is None:
         return False
-    try:
-        return bool(json.loads(mv.tags[Tag.RECIPE.value]).get("family") == CLIMATOLOGY_FAMILY)
-    except (KeyError, ValueError, AttributeError):
-        return False
+    return registry.is_climatology_recipe(mv.tags.get(Tag.RECIPE.value))
 
 
 def _check_registry(c: Any, report: LiveReport, target: DemotionTarget) -> bool:

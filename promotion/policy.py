@@ -12,7 +12,6 @@ to) the champion on the same rows never passes, whatever the policy file says.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from contract.errors import SettingsError
 from contract.evidence import METRICS, Evaluation, improvement, paired_tests
+from contract.registry import is_climatology_recipe
 from contract.significance import DEFAULT_LEVEL, DEFAULT_MIN_EFFECT, TESTS, GateSpec, PairedTest
 from contract.yaml_files import non_negative, one_sided_level, parse_model, positive_int
 
@@ -158,7 +158,7 @@ def decide_on_evidence(evaluation: Evaluation, policy: Policy) -> Verdict:
     challenger = evaluation.challenger.get(m)
     champion = evaluation.champion.get(m) if evaluation.champion is not None else None
     baseline = ("climatology", c.climatology.log_loss) if c.climatology is not None else None
-    is_climatology = json.loads(c.challenger_recipe).get("family") == "climatology"
+    is_climatology = is_climatology_recipe(c.challenger_recipe)
     vs_clim = tests["challenger_vs_climatology"]
     if is_climatology:
         reasons.append("the challenger is climatology itself (the training window's up-rate): honest by definition")
