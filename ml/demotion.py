@@ -24,7 +24,6 @@ columns ``p_up`` (the pinned version's answer), ``label`` (1.0 up, 0.0 not), ``c
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +38,9 @@ from contract.errors import PrimerError, one_line
 from contract.names import CLIMATOLOGY_FAMILY, MODEL_NAME, Tag
 from contract.significance import GateSpec, PairedTest, SignificanceError, paired_test
 from ml import walkforward
+from ml.drift import DriftError, served_rows
 from ml.evaluate import metrics_dict, score
-from ml.features import FEATURE_COLUMNS, LABEL, build_features, labeled, tomorrow_row
+from ml.features import LABEL, build_features, labeled, tomorrow_row
 from ml.folds import log_losses, recipe_to_json
 from ml.tracking import Tracker, git_sha
 from ml.train import Candidate, predict_up
@@ -88,12 +88,10 @@ def _check_days(days: pd.DataFrame) -> None:
 
 def logged_rows(days: pd.DataFrame) -> pd.DataFrame:
     """The feature rows the pinned version answered from, in :data:`FEATURE_COLUMNS` order."""
-    rows = [json.loads(v) if isinstance(v, str) else dict(v) for v in days[logged.FEATURES]]
-    frame = pd.DataFrame(rows, index=days.index)
-    missing = [c for c in FEATURE_COLUMNS if c not in frame.columns]
-    if missing:
-        raise DemotionError(f"the logged feature rows lack {', '.join(missing)}: cannot score another version on them")
-    return frame.loc[:, list(FEATURE_COLUMNS)].astype(float)
+    try:
+        return served_rows(days.index, days[logged.FEATURES]).set_axis(days.index)
+    except DriftError as exc:
+        raise DemotionError(f"{exc}: cannot score another version on them") from None
 
 
 def mean_log_loss(days: pd.DataFrame, p_up: Any) -> float:

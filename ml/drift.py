@@ -207,9 +207,10 @@ def skew(served: pd.DataFrame, rebuilt: pd.DataFrame) -> tuple[float | None, int
     return float(np.nanmax(np.abs(diff))), len(common)
 
 
-def served_rows(as_of: Iterable[Any], features_json: Iterable[str]) -> pd.DataFrame:
-    """The prediction log's ``features`` JSON (one object per answer) as feature rows indexed by as_of."""
-    rows = [json.loads(text) for text in features_json]
+def served_rows(as_of: Iterable[Any], features_json: Iterable[str | dict[str, float]]) -> pd.DataFrame:
+    """The prediction log's ``features`` (one JSON object, or dict, per answer) as feature rows indexed
+    by as_of, in ``FEATURE_COLUMNS`` order; :class:`DriftError` when a column is missing."""
+    rows = [json.loads(v) if isinstance(v, str) else dict(v) for v in features_json]
     index = pd.DatetimeIndex(pd.to_datetime(list(as_of)), name="date")
     frame = pd.DataFrame(rows, index=index)
     missing = [c for c in FEATURE_COLUMNS if c not in frame.columns]
