@@ -44,7 +44,7 @@ from ml import evidence_log, plots, walkforward
 from ml.evaluate import MIN_EVAL_DAYS, MIN_TRAIN_ROWS, Windows, metrics_dict, score
 from ml.features import FEATURE_COLUMNS, WARMUP_ROWS, build_features, labeled, tomorrow_row
 from ml.folds import FoldError, FoldRunner, recipe_from_json, recipe_to_json
-from ml.replay import clock_from_settings
+from ml.replay import clock_from_settings, visible_end
 from ml.tracking import Tracker, git_sha
 from ml.train import Candidate, Grid, load_grid
 from ml.validate import Rules, validate_prices
@@ -183,11 +183,7 @@ def fmt_scores(scores: Scores | None) -> str:
 
 def _visible_end(config: PipelineConfig) -> date:
     """The last date the run may ask a source for."""
-    if config.anchor is not None:
-        return config.anchor
-    if config.settings.mode == "replay":
-        return min(date.today(), clock_from_settings(config.settings).load_until(config.now))
-    return date.today()
+    return config.anchor if config.anchor is not None else visible_end(config.settings, config.now)
 
 
 def _load_window(config: PipelineConfig, echo: Echo) -> tuple[pd.DataFrame, date]:
