@@ -133,7 +133,13 @@ def _demote(run: MonitorRun, scored: Any, report: Any, prices: Any, propose: boo
 
     settings = run.settings
     promotion = load_promotion(settings)
-    previous = previous_version(pin_history_of(settings), report.model_version)
+    history = pin_history_of(settings)
+    current = history[0].version if history else None
+    if current != report.model_version:  # before a climatology version may be registered for nothing
+        click.echo(f"[demote] v{report.model_version}: no demotion: git now pins "
+                   f"{'nothing' if current is None else f'v{current}'}; the next run judges that pin")
+        return
+    previous = previous_version(history, report.model_version)
     tracker = Tracker.connect(settings.tracking_uri)
     fit = ClimatologyFit(prices, _training_rows(settings), settings.data_spec(), settings.repo_root())
     try:

@@ -153,3 +153,19 @@ def test_a_model_that_keeps_its_edge_is_not_demoted(
     assert psi.step == LIVE_DAYS and psi.value == pytest.approx(report.drift.psi["ret_1"])
     assert "DEMOTION WARRANTED" not in out and "[demote]" not in out, out
     assert gitea.prs == [] and promo_env.remote_pin("main").endswith(f"version: {trained}")
+
+
+def test_no_demotion_of_a_version_git_no_longer_pins(
+        promo_env: Repos, promo_mlflow: Registry, trained: int, gitea: FakeForge, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mounted pin can lag git (a ConfigMap): when git already pins another version, nothing is
+    proposed and no climatology version is registered for a demotion that cannot happen."""
+    judged, log_url = _pinned_and_served(promo_env, promo_mlflow, trained, gitea, tmp_path, monkeypatch, BROKEN)
+    monkeypatch.setenv("PRIMER_PIN_FILE", str(write_pin_text(tmp_path / "mounted.yaml", judged)))
+    _pin_on_main(promo_env, trained)  # git moved on meanwhile
+    client = MlflowClient(promo_mlflow.uri)
+    before = len(client.search_model_versions("name='spy-direction'"))
+
+    out = _monitor(monkeypatch, BROKEN, log_url)
+    assert "DEMOTION WARRANTED" in out and f"git now pins v{trained}" in out, out
+    assert gitea.prs == [] and len(client.search_model_versions("name='spy-direction'")) == before
