@@ -13,7 +13,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from contract.errors import SettingsError
-from contract.yaml_files import non_negative, one_sided_level, parse_model, positive_int
+from contract.yaml_files import load_model, non_negative, one_sided_level, parse_model, positive_int
+
+EMPTY = "expected a mapping of thresholds"
 
 
 class MonitoringError(SettingsError):
@@ -65,13 +67,8 @@ class Monitoring(BaseModel):
 
 
 def parse_monitoring(text: str, source: str = "monitoring") -> Monitoring:
-    return parse_model(Monitoring, text, source, MonitoringError, empty="expected a mapping of thresholds")
+    return parse_model(Monitoring, text, source, MonitoringError, empty=EMPTY)
 
 
 def load_monitoring(path: str | Path) -> Monitoring:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError as exc:
-        raise MonitoringError(f"{path}: monitoring thresholds file not found") from exc
-    return parse_monitoring(text, str(path))
+    return load_model(Monitoring, path, MonitoringError, "monitoring thresholds file", empty=EMPTY)

@@ -8,6 +8,7 @@ the file and the field, in words a person editing the file can act on.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
@@ -43,6 +44,16 @@ def parse_model(model: type[M], text: str, source: str, error: type[PrimerError]
         return model.model_validate(data)
     except ValidationError as exc:
         raise error(f"{source}: {describe(exc.errors()[0], missing or {})}") from None
+
+
+def load_model(model: type[M], path: str | Path, error: type[PrimerError], what: str, **parse: Any) -> M:
+    """:func:`parse_model` of the file at ``path``; a missing file is ``error`` naming it as ``what``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError as exc:
+        raise error(f"{path}: {what} not found") from exc
+    return parse_model(model, text, str(path), error, **parse)
 
 
 def describe(err: Any, missing: dict[str, str]) -> str:

@@ -23,7 +23,7 @@ from contract.errors import SettingsError
 from contract.evidence import METRICS, Evaluation, improvement, paired_tests
 from contract.registry import is_climatology_recipe
 from contract.significance import DEFAULT_LEVEL, DEFAULT_MIN_EFFECT, TESTS, GateSpec, PairedTest
-from contract.yaml_files import non_negative, one_sided_level, parse_model, positive_int
+from contract.yaml_files import load_model, non_negative, one_sided_level, parse_model, positive_int
 
 BOOTSTRAP_MODES = ("commit", "propose")
 # Float subtraction noise (0.53 - 0.52 = 0.00999...) must not flip a decision at the threshold.
@@ -97,12 +97,7 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
 
 def load_policy(path: str | Path) -> Policy:
     """The policy in ``path`` (``PromotionSettings.policy_path()`` says which file applies)."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError as exc:
-        raise PolicyError(f"{path}: policy file not found") from exc
-    return parse_policy(text, str(path))
+    return load_model(Policy, path, PolicyError, "policy file")
 
 
 @dataclass(frozen=True)
