@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -53,6 +54,15 @@ def promotion(monkeypatch: pytest.MonkeyPatch, forge: FakeForge | None) -> Promo
     if forge is not None:
         use_forge(monkeypatch, forge)
     return load_promotion(PromotionSettings.load())
+
+
+def pinned_after_previous(repos: Repos, reg: Registry, new_version: Versions, monkeypatch: pytest.MonkeyPatch,
+                          forge: FakeForge | None) -> tuple[int, int, Promotion, Any]:
+    """Two new versions, the second pinned on main: (previous, pinned, the promotion target, an MLflow client)."""
+    previous, _ = new_version()
+    pinned, _ = new_version()
+    pin_main(repos, pinned)
+    return previous, pinned, promotion(monkeypatch, forge), registry.client(reg.uri)
 
 
 def tags(reg: Registry, v: int) -> dict[str, str]:
@@ -138,10 +148,7 @@ def test_stale_or_empty_pin_pushes_nothing(promo_env: Repos, promo_mlflow: Regis
 def test_no_demotion_when_not_warranted_or_pinned_is_climatology(
         promo_env: Repos, promo_mlflow: Registry, new_version: Versions, gitea: FakeForge,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    previous, _ = new_version()
-    pinned, _ = new_version()
-    pin_main(promo_env, pinned)
-    p, c = promotion(monkeypatch, gitea), registry.client(promo_mlflow.uri)
+    previous, pinned, p, c = pinned_after_previous(promo_env, promo_mlflow, new_version, monkeypatch, gitea)
     assert propose_demotion(report(pinned, warranted=False), target(pinned, previous), p, c).status == "not_warranted"
     assert propose_demotion(report(pinned), None, p, c).status == "pinned_is_climatology"
     recipe = json.dumps({"name": "climatology", "family": "climatology", "params": {}})
@@ -166,10 +173,7 @@ def test_target_must_exist_and_match(promo_env: Repos, promo_mlflow: Registry, n
 def test_forge_down_loses_nothing_and_the_rerun_opens_one_pr(
         promo_env: Repos, promo_mlflow: Registry, new_version: Versions, gitea: FakeForge,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    previous, _ = new_version()
-    pinned, _ = new_version()
-    pin_main(promo_env, pinned)
-    p, c = promotion(monkeypatch, gitea), registry.client(promo_mlflow.uri)
+    previous, pinned, p, c = pinned_after_previous(promo_env, promo_mlflow, new_version, monkeypatch, gitea)
     gitea.force_status = 500
     with pytest.raises(DemotionProposalError) as err:
         propose_demotion(report(pinned), target(pinned, previous), p, c)
@@ -195,10 +199,7 @@ def test_unreachable_remote_is_one_clear_error(promo_env: Repos, promo_mlflow: R
 
 def test_no_forge_pushes_the_branch_only(promo_env: Repos, promo_mlflow: Registry, new_version: Versions,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    previous, _ = new_version()
-    pinned, _ = new_version()
-    pin_main(promo_env, pinned)
-    p, c = promotion(monkeypatch, None), registry.client(promo_mlflow.uri)
+    previous, pinned, p, c = pinned_after_previous(promo_env, promo_mlflow, new_version, monkeypatch, None)
     out = propose_demotion(report(pinned), target(pinned, previous), p, c)
     branch = demotion_branch(pinned, previous)
     assert out.status == "branch_only" and branch in remote_branches(promo_env)
@@ -212,10 +213,7 @@ def test_demotion_prs_that_no_longer_apply_are_withdrawn(promo_env: Repos, promo
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """A demotion whose evidence went away (or whose version is no longer pinned) is closed, not left
     to be merged later; a demotion that still applies, and promotion PRs, are left alone."""
-    previous, _ = new_version()
-    pinned, _ = new_version()
-    pin_main(promo_env, pinned)
-    p, c = promotion(monkeypatch, gitea), registry.client(promo_mlflow.uri)
+    previous, pinned, p, c = pinned_after_previous(promo_env, promo_mlflow, new_version, monkeypatch, gitea)
     first = propose_demotion(report(pinned), target(pinned, previous), p, c)
     assert first.status == "proposed"
     gitea.prs.append({"number": 99, "title": "Promote spy-direction to v99", "body": "", "state": "open",
