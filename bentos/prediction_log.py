@@ -25,7 +25,7 @@ log = logging.getLogger("bentoml.primer")
 
 QUEUE_CAPACITY = 10_000  # a day's answers are a handful: this is weeks of an unreachable store
 BATCH_SIZE = 500
-MAX_BACKOFF_SECONDS = 30.0
+MAX_BACKOFF_SECONDS = 30.0  # the service's longest wait between retries (model loads, fetches, the log)
 FIRST_BACKOFF_SECONDS = 0.5
 
 # (written, dropped, pending): entries newly in the store, newly dropped, and still queued.

@@ -36,7 +36,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from bentos.live_metrics import LiveMetrics
-from bentos.prediction_log import PredictionLog
+from bentos.prediction_log import MAX_BACKOFF_SECONDS, PredictionLog
 from contract import prediction_log as logged
 from contract.errors import one_line
 from contract.names import LATEST_FEATURES_ARTIFACT, MODEL_NAME
@@ -50,7 +50,6 @@ log = logging.getLogger("bentoml.primer")
 # Calendar days of prices fetched for tomorrow's row: WARMUP_ROWS + 5 trading
 # days are needed; 60 calendar days cover that across holidays.
 LOOKBACK_DAYS = 60
-MAX_BACKOFF_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
